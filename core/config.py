@@ -1,0 +1,363 @@
+"""YAML in, one validated and immutable configuration out."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+import structlog
+import yaml
+
+from core.features import OrderedFeatures
+from core.schema import build_schema, fill_defaults
+from core.sinks import SinkType
+
+log = structlog.get_logger("scaisend.config")
+
+TRACKING_BASE_URL_ENV = "TRACKING_BASE_URL"
+CONFIG_ENV = "SCAISEND_CONFIG"
+EMBEDDED_DATA_DIR = "scaisend-data"
+EMBEDDED_TENANT = "default"
+SECRETS_FILE = "generated-secrets.json"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str
+    message: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        shown = _short(self.value)
+        return f"{self.path or '(top level)'}: {self.message}" + (
+            f" (value: {shown})" if shown is not None else ""
+        )
+
+
+def _short(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` lists every error found, not just the first."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    id: str
+    secret: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AdminJwt:
+    algorithm: str
+    issuer: str
+    secret: str | None = field(default=None, repr=False)
+    public_key: str | None = None
+    private_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    api_keys: tuple[str, ...] = field(repr=False)
+    tracking: Mapping[str, Any]
+    plugins: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs to know, validated, with defaults filled and secrets resolved."""
+
+    tracking_base_url: str
+    data_dir: Path
+    database_url: str
+    node_id: str
+    http_host: str
+    http_port: int
+    max_body_bytes: int
+    smtp_host: str
+    smtp_port: int
+    signing_keys: tuple[SigningKey, ...]
+    admin_jwt: AdminJwt
+    trusted_proxies: tuple[str, ...]
+    plugin_timeout: float
+    transport: Mapping[str, Any]
+    sinks: tuple[Mapping[str, Any], ...]
+    feature_order: Mapping[str, int]
+    tenants: Mapping[str, Tenant]
+    embedded: bool = False
+    source: str = "(embedded default)"
+
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        return self.tenants.get(tenant_id)
+
+
+def freeze(value: Any) -> Any:
+    """Deep read-only copy: mappings become MappingProxyType, lists become tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The mutable twin of :func:`freeze` (for merging and JSON output)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+def resolve_env(
+    document: Any, environ: Mapping[str, str], path: tuple[str, ...] = ()
+) -> tuple[Any, list[ConfigProblem]]:
+    """Replace every ``{"$env": "NAME"}`` with that environment variable's value."""
+    problems: list[ConfigProblem] = []
+    if isinstance(document, dict):
+        if set(document) == {"$env"}:
+            name = document["$env"]
+            if not isinstance(name, str) or name not in environ:
+                problems.append(
+                    ConfigProblem(".".join(path), f"environment variable {name!r} is not set", None)
+                )
+                return None, problems
+            return environ[name], problems
+        resolved = {}
+        for key, value in document.items():
+            resolved[key], sub = resolve_env(value, environ, (*path, str(key)))
+            problems.extend(sub)
+        return resolved, problems
+    if isinstance(document, list):
+        items = []
+        for index, value in enumerate(document):
+            item, sub = resolve_env(value, environ, (*path, str(index)))
+            items.append(item)
+            problems.extend(sub)
+        return items, problems
+    return document, problems
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("", f"cannot read {path}: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem("", f"{path} is not UTF-8 text")]) from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem("", f"{path} is not valid YAML: {exc}")]) from exc
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            [ConfigProblem("", "the configuration must be a mapping", type(document).__name__)]
+        )
+    return document
+
+
+def validate(document: Any, schema: Mapping[str, Any]) -> list[ConfigProblem]:
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in sorted(
+        validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path]
+    ):
+        path = ".".join(str(part) for part in error.absolute_path)
+        value = error.instance if error.absolute_path else None
+        if _is_secret_path(path):
+            value = "***"
+        problems.append(
+            ConfigProblem(
+                path, error.message if value != "***" else _redacted_message(error), value
+            )
+        )
+    return problems
+
+
+def _is_secret_path(path: str) -> bool:
+    return any(word in path for word in ("secret", "private_key", "api_keys"))
+
+
+def _redacted_message(error: jsonschema.ValidationError) -> str:
+    return f"fails '{error.validator}' ({error.validator_value!r})"
+
+
+def generated_secrets(data_dir: Path) -> dict[str, str]:
+    """Secrets for the embedded default, created once and kept in the data directory."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SECRETS_FILE
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    created = {
+        "signing_key": secrets.token_urlsafe(32),
+        "admin_jwt_secret": secrets.token_urlsafe(32),
+        "api_key": "ss_" + secrets.token_urlsafe(32),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(created, handle, indent=2)
+    log.warning("config.secrets_generated", path=str(path))
+    return created
+
+
+def embedded_document(data_dir: Path) -> dict[str, Any]:
+    """The configuration used when no file is given: SQLite, outbox, one ``default`` tenant."""
+    generated = generated_secrets(data_dir)
+    return {
+        "server": {
+            "data_dir": str(data_dir),
+            "signing_keys": [{"id": "gen1", "secret": generated["signing_key"]}],
+            "admin_jwt": {"algorithm": "HS256", "secret": generated["admin_jwt_secret"]},
+        },
+        "tenants": {EMBEDDED_TENANT: {"api_keys": [generated["api_key"]]}},
+    }
+
+
+def build_config(
+    document: Mapping[str, Any],
+    features: OrderedFeatures,
+    sink_types: Iterable[SinkType],
+    *,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    embedded: bool = False,
+    source: str = "(embedded default)",
+) -> Config:
+    """Resolve secrets, fill defaults, validate and freeze. Raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    sink_types = list(sink_types)
+    resolved, problems = resolve_env(json.loads(json.dumps(document)), environ)
+    schema = build_schema(features, sink_types)
+    if isinstance(resolved, dict):
+        if isinstance(resolved.get("tenants"), dict):
+            for tenant_id, tenant in resolved["tenants"].items():
+                if tenant is None:  # "acme:" with nothing under it means all defaults
+                    resolved["tenants"][tenant_id] = {}
+        fill_defaults(resolved, schema)
+        _fill_sink_defaults(resolved, sink_types)
+    problems.extend(validate(resolved, schema))
+    if not problems:
+        problems.extend(_check_semantics(resolved))
+    if problems:
+        raise ConfigError(problems)
+    server = resolved["server"]
+    data_dir = Path(server["data_dir"])
+    if not data_dir.is_absolute():
+        data_dir = (base_dir / data_dir).resolve()
+    base_url = (
+        environ.get(TRACKING_BASE_URL_ENV)
+        or server.get("tracking_base_url")
+        or f"http://{server['http']['host']}:{server['http']['port']}"
+    )
+    return Config(
+        tracking_base_url=base_url.rstrip("/"),
+        data_dir=data_dir,
+        database_url=server.get("database_url") or f"sqlite:///{data_dir / 'scaisend.db'}",
+        node_id=server["node_id"],
+        http_host=server["http"]["host"],
+        http_port=server["http"]["port"],
+        max_body_bytes=server["http"]["max_body_bytes"],
+        smtp_host=server["smtp"]["host"],
+        smtp_port=server["smtp"]["port"],
+        signing_keys=tuple(
+            SigningKey(key["id"], key["secret"].encode()) for key in server["signing_keys"]
+        ),
+        admin_jwt=AdminJwt(
+            algorithm=server["admin_jwt"]["algorithm"],
+            issuer=server["admin_jwt"]["issuer"],
+            secret=server["admin_jwt"].get("secret"),
+            public_key=server["admin_jwt"].get("public_key"),
+            private_key=server["admin_jwt"].get("private_key"),
+        ),
+        trusted_proxies=tuple(server["trusted_proxies"]),
+        plugin_timeout=float(server["plugin_timeout_seconds"]),
+        transport=freeze(server["transport"]),
+        sinks=tuple(freeze(sink) for sink in server["sinks"]),
+        feature_order=freeze(server["feature_order"]),
+        tenants=MappingProxyType(
+            {
+                tenant_id: Tenant(
+                    id=tenant_id,
+                    api_keys=tuple(tenant["api_keys"]),
+                    tracking=freeze(tenant["tracking"]),
+                    plugins=freeze(tenant["plugins"]),
+                )
+                for tenant_id, tenant in resolved["tenants"].items()
+            }
+        ),
+        embedded=embedded,
+        source=source,
+    )
+
+
+def _fill_sink_defaults(document: dict[str, Any], sink_types: Sequence[SinkType]) -> None:
+    by_type = {sink.type: sink for sink in sink_types}
+    server = document.get("server")
+    if not isinstance(server, dict) or not isinstance(server.get("sinks"), list):
+        return
+    for entry in server["sinks"]:
+        if isinstance(entry, dict) and entry.get("type") in by_type:
+            fill_defaults(entry, by_type[entry["type"]].options_schema)
+            entry.setdefault("name", entry["type"])
+
+
+def _check_semantics(document: dict[str, Any]) -> list[ConfigProblem]:
+    """What JSON Schema cannot say: uniqueness across lists and mappings."""
+    problems = []
+    server = document["server"]
+    key_ids = [key["id"] for key in server["signing_keys"]]
+    for index, key_id in enumerate(key_ids):
+        if key_ids.index(key_id) != index:
+            problems.append(
+                ConfigProblem(f"server.signing_keys.{index}.id", "key id is used twice", key_id)
+            )
+    names = [sink["name"] for sink in server["sinks"]]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            problems.append(
+                ConfigProblem(
+                    f"server.sinks.{index}.name", "sink name is used twice; give each a name", name
+                )
+            )
+    owners: dict[str, str] = {}
+    for tenant_id, tenant in document["tenants"].items():
+        for index, key in enumerate(tenant["api_keys"]):
+            if key in owners:
+                problems.append(
+                    ConfigProblem(
+                        f"tenants.{tenant_id}.api_keys.{index}",
+                        f"API key is also a key of tenant {owners[key]!r}",
+                        "***",
+                    )
+                )
+            owners[key] = tenant_id
+    return problems
+
+
+def load_document(path: Path | None) -> tuple[dict[str, Any], Path, bool, str]:
+    """The raw document to build from: ``path``, else ``$SCAISEND_CONFIG``, else embedded."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    if path is None:
+        cwd = Path.cwd()
+        return embedded_document(cwd / EMBEDDED_DATA_DIR), cwd, True, "(embedded default)"
+    return read_yaml(path), path.resolve().parent, False, str(path)

@@ -1,0 +1,373 @@
+"""Events, the append-only journal that makes them durable, and the bus that feeds the sinks.
+
+A tracking route calls :meth:`EventBus.emit` before it answers. ``emit`` appends one JSON line
+to this node's journal with a single ``write(2)``: once it returns, the event survives the death
+of the process (the bytes are in the kernel), so an answered request never loses its event.
+The journal is fsynced in groups by a background thread, and every sink has its own thread and
+its own cursor into the journal: a slow or failing sink falls behind and catches up later
+without delaying a response or any other sink. After a restart each sink resumes from its
+saved cursor, so delivery is at least once; events carry a unique id for idempotency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from core.sinks import Sink
+
+log = structlog.get_logger("scaisend.events")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a message: an open, a click, a bounce, an unsubscribe...
+
+    ``id`` is unique and stable across redelivery. ``bot`` holds a classifier's verdict on the
+    request that caused the event (``None`` when none ran).
+    """
+
+    type: str
+    tenant: str
+    message_id: str | None = None
+    recipient: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    bot: Mapping[str, Any] | None = None
+    id: str = field(default_factory=new_event_id)
+    timestamp: dt.datetime = field(default_factory=_now)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "tenant": self.tenant,
+            "message_id": self.message_id,
+            "recipient": self.recipient,
+            "timestamp": self.timestamp.isoformat(),
+            "data": dict(self.data),
+            "bot": dict(self.bot) if self.bot is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Event:
+        return cls(
+            id=raw["id"],
+            type=raw["type"],
+            tenant=raw["tenant"],
+            message_id=raw.get("message_id"),
+            recipient=raw.get("recipient"),
+            timestamp=dt.datetime.fromisoformat(raw["timestamp"]),
+            data=raw.get("data") or {},
+            bot=raw.get("bot"),
+        )
+
+
+class JournalLocked(RuntimeError):
+    """Another live process owns this journal."""
+
+
+class Journal:
+    """An append-only file of JSON lines, owned by one process at a time."""
+
+    def __init__(self, directory: Path, node_id: str = "main") -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{node_id}.journal"
+        self._lock_fd = os.open(directory / f"{node_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise JournalLocked(
+                f"{self.path} is in use by another process: give each process sharing the "
+                "data directory its own server.node_id"
+            ) from None
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._write_lock = threading.Lock()
+        self._end = os.fstat(self._fd).st_size
+        self._synced = self._end
+        if self._end and os.pread(self._fd, 1, self._end - 1) != b"\n":
+            # A line cut short by a crash was never acknowledged; close it off so the next
+            # append starts a line of its own. The reader skips the fragment.
+            self._end += os.write(self._fd, b"\n")
+
+    @property
+    def end(self) -> int:
+        return self._end
+
+    def append(self, event: Event) -> int:
+        line = json.dumps(event.to_dict(), separators=(",", ":")).encode() + b"\n"
+        with self._write_lock:
+            written = os.write(self._fd, line)
+            if written != len(line):  # a short write to a regular file means the disk is full
+                raise OSError(f"journal write truncated ({written}/{len(line)} bytes)")
+            self._end += written
+            return self._end
+
+    def read(self, offset: int, max_bytes: int = 1 << 20) -> tuple[list[Event], int]:
+        """Complete events from ``offset``; returns them and the offset after the last one."""
+        end = self._end
+        if offset >= end:
+            return [], offset
+        chunk = os.pread(self._fd, min(max_bytes, end - offset), offset)
+        cut = chunk.rfind(b"\n")
+        if cut == -1:
+            # One line longer than max_bytes: read it whole.
+            chunk = os.pread(self._fd, end - offset, offset)
+            cut = chunk.rfind(b"\n")
+            if cut == -1:
+                return [], offset
+        events: list[Event] = []
+        for line in chunk[: cut + 1].splitlines():
+            if not line:
+                continue
+            try:
+                events.append(Event.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("journal.corrupt_line", path=str(self.path), error=repr(exc))
+        return events, offset + cut + 1
+
+    def sync(self) -> None:
+        end = self._end
+        if end != self._synced:
+            os.fsync(self._fd)
+            self._synced = end
+
+    def truncate_if(self, caught_up: int, then: Callable[[], None]) -> bool:
+        """Empty the journal if ``caught_up`` (every sink's cursor) is its end.
+
+        ``then`` (resetting the cursors) runs before any further append can happen.
+        """
+        with self._write_lock:
+            if caught_up != self._end or self._end == 0:
+                return False
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
+            self._end = self._synced = 0
+            then()
+            return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sync()
+        os.close(self._fd)
+        os.close(self._lock_fd)
+
+
+class Cursors:
+    """Each sink's offset into the journal, saved atomically beside it."""
+
+    def __init__(self, path: Path, journal_end: int) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.generation = 0
+        self.offsets: dict[str, int] = {}
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+                self.offsets = {str(k): int(v) for k, v in saved.items()}
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.error("journal.cursors_unreadable", path=str(path), error=repr(exc))
+        for name, offset in list(self.offsets.items()):
+            if offset > journal_end:  # the journal was emptied after these were written
+                self.offsets[name] = 0
+
+    def get(self, name: str) -> int:
+        with self._lock:
+            return self.offsets.get(name, 0)
+
+    def get_with_generation(self, name: str) -> tuple[int, int]:
+        with self._lock:
+            return self.offsets.get(name, 0), self.generation
+
+    def advance(self, name: str, offset: int, generation: int) -> None:
+        """Move a cursor, unless the journal was emptied since ``generation`` was read."""
+        with self._lock:
+            if generation == self.generation:
+                self.offsets[name] = offset
+                self._save()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self.offsets = dict.fromkeys(self.offsets, 0)
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.offsets))
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class SinkState:
+    sink: Sink
+    thread: threading.Thread | None = None
+    failures: int = 0
+    last_error: str | None = None
+
+
+class EventBus:
+    """Journals events and delivers them to every sink from its own thread."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        sinks: Sequence[Sink],
+        *,
+        batch_bytes: int = 1 << 20,
+        sync_interval: float = 0.02,
+        max_backoff: float = 30.0,
+        compact_bytes: int = 64 << 20,
+    ) -> None:
+        names = [sink.name for sink in sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sink names must be unique, got {names}")
+        self.journal = journal
+        self.cursors = Cursors(journal.path.with_suffix(".cursors"), journal.end)
+        self._states = {sink.name: SinkState(sink) for sink in sinks}
+        for name in list(self.cursors.offsets):
+            if name not in self._states:
+                del self.cursors.offsets[name]  # a sink that was removed from the config
+        self._batch_bytes = batch_bytes
+        self._sync_interval = sync_interval
+        self._max_backoff = max_backoff
+        self._compact_bytes = compact_bytes
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._syncer: threading.Thread | None = None
+        self._started = False
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [state.sink for state in self._states.values()]
+
+    def emit(self, event: Event) -> None:
+        """Make ``event`` durable against a process crash, then wake the sinks."""
+        self.journal.append(event)
+        with self._changed:
+            self._changed.notify_all()
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for name, state in self._states.items():
+            state.thread = threading.Thread(
+                target=self._deliver, args=(name,), name=f"sink:{name}", daemon=True
+            )
+            state.thread.start()
+        self._syncer = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
+        self._syncer.start()
+
+    def lag(self) -> dict[str, int]:
+        """Bytes of journal each sink has yet to take."""
+        end = self.journal.end
+        return {name: end - self.cursors.get(name) for name in self._states}
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        lag = self.lag()
+        return {
+            name: {"lag_bytes": lag[name], "failures": state.failures, "error": state.last_error}
+            for name, state in self._states.items()
+        }
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every sink has taken everything emitted so far."""
+        target = self.journal.end
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while any(self.cursors.get(name) < target for name in self._states):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.05))
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let sinks drain for up to ``timeout`` seconds, then stop and close everything."""
+        if self._started:
+            self.flush(timeout)
+            self._stopping.set()
+            with self._changed:
+                self._changed.notify_all()
+            for state in self._states.values():
+                if state.thread is not None:
+                    state.thread.join(timeout=1.0)
+            if self._syncer is not None:
+                self._syncer.join(timeout=1.0)
+        for state in self._states.values():
+            try:
+                state.sink.close()
+            except Exception as exc:  # noqa: BLE001 - a sink failing to close must not stop the rest
+                log.error("sink.close_failed", sink=state.sink.name, error=repr(exc))
+        self.journal.close()
+
+    def _deliver(self, name: str) -> None:
+        state = self._states[name]
+        while not self._stopping.is_set():
+            offset, generation = self.cursors.get_with_generation(name)
+            if offset >= self.journal.end:
+                with self._changed:
+                    if offset >= self.journal.end and not self._stopping.is_set():
+                        self._changed.wait(0.5)
+                continue
+            events, new_offset = self.journal.read(offset, self._batch_bytes)
+            if events:
+                try:
+                    state.sink.write_batch(events)
+                except Exception as exc:  # noqa: BLE001 - the batch is retried, never dropped
+                    state.failures += 1
+                    state.last_error = repr(exc)
+                    delay = min(self._max_backoff, 0.05 * 2 ** min(state.failures, 12))
+                    log.error(
+                        "sink.failed",
+                        sink=name,
+                        batch=len(events),
+                        attempt=state.failures,
+                        retry_in_s=delay,
+                        error=repr(exc),
+                    )
+                    self._stopping.wait(delay)
+                    continue
+                if state.failures:
+                    log.info("sink.recovered", sink=name, after_failures=state.failures)
+                state.failures = 0
+                state.last_error = None
+            self.cursors.advance(name, new_offset, generation)
+            with self._changed:
+                self._changed.notify_all()
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self.journal.end < self._compact_bytes:
+            return
+        offsets = {self.cursors.get(name) for name in self._states}
+        if len(offsets) == 1 and self.journal.truncate_if(offsets.pop(), self.cursors.reset):
+            log.info("journal.compacted", path=str(self.journal.path))
+
+    def _sync_loop(self) -> None:
+        while not self._stopping.wait(self._sync_interval):
+            try:
+                self.journal.sync()
+            except OSError as exc:
+                log.error("journal.sync_failed", error=repr(exc))

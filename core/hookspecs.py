@@ -1,0 +1,110 @@
+"""The hooks a ScaiSend plugin can implement.
+
+Built-in features and third-party plugins use exactly these hooks. Core calls every
+implementation itself, one at a time (not through ``pm.hook``), so that a plugin that raises or
+overruns ``server.plugin_timeout_seconds`` is logged and skipped without affecting the others.
+Implementations may accept only the arguments they need; core always passes keywords.
+Hooks whose docstring says "may be async" accept an ``async def`` implementation too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    from quart import Blueprint
+
+    from core.features import Feature
+    from core.instrument import InstrumentContext
+    from core.pipeline import StagedDocument
+    from core.runtime import Runtime
+    from core.sinks import SinkType
+
+PROJECT = "scaisend"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_features() -> Iterable[Feature]:
+    """Declare the tracking features this plugin provides.
+
+    Called once, when the plugin manager is built (before configuration is validated, because
+    each feature's schemas become part of the configuration schema).
+
+    Returns an iterable of :class:`core.Feature`. Results of all plugins are concatenated; a
+    feature name registered twice is a configuration error. The pipeline runs features in
+    ascending ``order`` (ties broken by name), after applying ``server.feature_order``.
+    """
+
+
+@hookspec
+def register_routes() -> Iterable[Blueprint]:
+    """Contribute HTTP routes.
+
+    Called once by :func:`core.app.create_app`. Returns Quart blueprints; every blueprint of
+    every plugin is mounted at the root of the app, in plugin registration order. A blueprint
+    that declares a route already taken by core or another plugin is refused and logged.
+    Views reach the running services with :func:`core.current_runtime`.
+    """
+
+
+@hookspec
+def register_sinks() -> Iterable[SinkType]:
+    """Contribute event sink types (a name, an options schema and a factory).
+
+    Called once, when the plugin manager is built. Results are concatenated; the operator picks
+    sinks by ``type`` under ``server.sinks``, and each entry's options are validated against
+    the sink type's schema as part of the configuration.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add sub-commands to the ``scaisend`` command line.
+
+    Called once when the CLI starts, with the root :class:`click.Group`. Return nothing;
+    register commands with ``@cli.command()``.
+    """
+
+
+@hookspec
+def instrument(doc: StagedDocument, ctx: InstrumentContext) -> None:
+    """Instrument one outgoing message for the feature this plugin registered.
+
+    Called once per compiled message for each feature that is enabled in the effective
+    settings of the send (``ctx.settings["enable"]``, when the feature has that field),
+    in feature order, and only for the plugin that registered ``ctx.feature``. ``doc`` holds
+    the author's bodies (``doc.html``, ``doc.text``; either may be ``None``); record edits
+    with ``replace``/``insert``/``append`` on a part and ``doc.add_header``. Offsets always
+    refer to the author's original text, and a value may be a per-recipient slot (a callable
+    taking a :class:`core.Recipient`). Return nothing.
+
+    The call's edits take effect only if it returns within the plugin time budget without
+    raising and none of them overlaps an earlier feature's edit; otherwise they are discarded,
+    the failure is logged as ``plugin.failed`` and the message goes out without this feature.
+    """
+
+
+@hookspec
+def startup(runtime: Runtime) -> Any:
+    """Prepare the plugin's resources when the server starts. May be async.
+
+    Called after storage is migrated and the event bus is running, before the first request
+    is served, for every plugin, in registration order. The return value is ignored. A plugin
+    that raises or overruns the time budget is logged and the server starts anyway.
+    """
+
+
+@hookspec
+def shutdown(runtime: Runtime) -> Any:
+    """Release the plugin's resources when the server stops. May be async.
+
+    Called after the last request, before the event bus drains, for every plugin, in reverse
+    registration order. The return value is ignored; failures are logged and skipped.
+    """

@@ -1,0 +1,23 @@
+"""Storage: peewee models and the database they live in (SQLite by default, or PostgreSQL)."""
+
+from core.storage.database import connect_database, migrate, ping
+from core.storage.models import (
+    MODELS,
+    EventRecord,
+    Message,
+    MessageRecipient,
+    TenantSettings,
+    database_proxy,
+)
+
+__all__ = [
+    "MODELS",
+    "EventRecord",
+    "Message",
+    "MessageRecipient",
+    "TenantSettings",
+    "connect_database",
+    "database_proxy",
+    "migrate",
+    "ping",
+]

@@ -1,0 +1,88 @@
+"""Opening the database from a URL, and creating or migrating the schema on start."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import peewee as pw
+import structlog
+from playhouse.db_url import connect
+
+from core.storage.models import MODELS, BaseModel, database_proxy
+
+log = structlog.get_logger("scaisend.storage")
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    # FULL: a committed transaction survives power loss, not only a crash of the process.
+    "synchronous": "full",
+    "busy_timeout": 10_000,
+    "foreign_keys": 1,
+}
+
+
+class SchemaVersion(BaseModel):
+    id = pw.IntegerField(primary_key=True)
+    version = pw.IntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+Migration = Callable[[pw.Database], None]
+
+
+def _initial(db: pw.Database) -> None:
+    db.create_tables(MODELS, safe=True)
+
+
+MIGRATIONS: Sequence[Migration] = (_initial,)
+"""Applied in order; index + 1 is the schema version a migration brings the database to."""
+
+
+def connect_database(url: str) -> pw.Database:
+    """Open ``url`` (``sqlite:///path`` or ``postgresql://...``) and bind every model to it."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = pw.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS)
+    elif parsed.scheme in {"postgres", "postgresql"}:
+        scheme_rest = url.split("://", 1)[1]
+        db = connect(f"postgresql+pool://{scheme_rest}", max_connections=32, stale_timeout=300)
+    else:
+        raise ValueError(f"unsupported database URL scheme {parsed.scheme!r}")
+    database_proxy.initialize(db)
+    return db
+
+
+def migrate(db: pw.Database, extra_models: Sequence[type[pw.Model]] = ()) -> int:
+    """Bring the schema up to date; returns the version now in place.
+
+    Safe to run from several processes at once: PostgreSQL serialises the work on an advisory
+    lock, SQLite on its write lock.
+    """
+    with db.connection_context(), db.atomic():
+        if isinstance(db, pw.PostgresqlDatabase):
+            db.execute_sql("SELECT pg_advisory_xact_lock(727274)")  # type: ignore[no-untyped-call]
+        db.create_tables([SchemaVersion], safe=True)
+        row = SchemaVersion.get_or_none(SchemaVersion.id == 1)
+        current = row.version if row else 0
+        for version, step in enumerate(MIGRATIONS[current:], start=current + 1):
+            step(db)
+            log.info("storage.migrated", version=version)
+        SchemaVersion.insert(id=1, version=len(MIGRATIONS)).on_conflict(
+            conflict_target=[SchemaVersion.id], update={SchemaVersion.version: len(MIGRATIONS)}
+        ).execute()
+        if extra_models:
+            db.create_tables(list(extra_models), safe=True)
+    return len(MIGRATIONS)
+
+
+def ping(db: pw.Database) -> None:
+    """Raise unless the database answers a trivial query."""
+    with db.connection_context():
+        db.execute_sql("SELECT 1").fetchone()  # type: ignore[no-untyped-call]

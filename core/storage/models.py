@@ -1,0 +1,77 @@
+"""The tables core owns. Plugins define their own models on :data:`database_proxy`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+database_proxy = pw.DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: both databases store it unambiguously and compare it correctly."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database_proxy
+
+
+class TenantSettings(BaseModel):
+    """A tenant's tracking overrides stored through the admin API (the third settings layer)."""
+
+    tenant = pw.CharField(primary_key=True, max_length=128)
+    overrides = pw.JSONField(default=dict)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "tenant_settings"
+
+
+class Message(BaseModel):
+    """One accepted send: its id, tenant and the effective tracking settings it went out with."""
+
+    id = pw.CharField(primary_key=True, max_length=64)
+    tenant = pw.CharField(max_length=128, index=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    subject = pw.TextField(null=True)
+    settings = pw.JSONField(default=dict)
+    data = pw.JSONField(default=dict)
+
+    class Meta:
+        table_name = "messages"
+
+
+class MessageRecipient(BaseModel):
+    """One recipient of a message; ``number`` (0-based, in send order) is what tokens carry."""
+
+    message = pw.ForeignKeyField(Message, backref="recipients", on_delete="CASCADE")
+    number = pw.IntegerField()
+    email = pw.CharField(max_length=320)
+    first_open_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "message_recipients"
+        indexes = ((("message", "number"), True),)
+
+
+class EventRecord(BaseModel):
+    """An event as the database sink stores it; ``id`` makes redelivery idempotent."""
+
+    id = pw.CharField(primary_key=True, max_length=64)
+    type = pw.CharField(max_length=64)
+    tenant = pw.CharField(max_length=128)
+    message_id = pw.CharField(max_length=64, null=True, index=True)
+    recipient = pw.CharField(max_length=320, null=True)
+    timestamp = pw.DateTimeField()
+    data = pw.JSONField(default=dict)
+    bot = pw.JSONField(null=True)
+
+    class Meta:
+        table_name = "events"
+        indexes = ((("tenant", "type", "timestamp"), False),)
+
+
+MODELS: tuple[type[BaseModel], ...] = (TenantSettings, Message, MessageRecipient, EventRecord)

@@ -1,0 +1,1 @@
+"""Built-in event sinks, each a plugin registering one sink type."""
