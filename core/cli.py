@@ -233,3 +233,7 @@ def main(argv: list[str] | None = None) -> Any:
     host = PluginHost(build_plugin_manager())
     host.call_each("register_commands", cli=cli)
     return cli.main(args=argv, prog_name="scaisend")
+
+
+if __name__ == "__main__":
+    main()

@@ -58,9 +58,10 @@ def register_routes() -> Iterable[Blueprint]:
 def register_sinks() -> Iterable[SinkType]:
     """Contribute event sink types (a name, an options schema and a factory).
 
-    Called once, when the plugin manager is built. Results are concatenated; the operator picks
-    sinks by ``type`` under ``server.sinks``, and each entry's options are validated against
-    the sink type's schema as part of the configuration.
+    Called once, when the plugin manager is built. Returns an iterable of
+    :class:`core.SinkType`; results of all plugins are concatenated, and a type name offered
+    twice keeps the first. The operator picks sinks by ``type`` under ``server.sinks``; each
+    entry's options are validated against the sink type's schema as part of the configuration.
     """
 
 
@@ -68,8 +69,9 @@ def register_sinks() -> Iterable[SinkType]:
 def register_commands(cli: click.Group) -> None:
     """Add sub-commands to the ``scaisend`` command line.
 
-    Called once when the CLI starts, with the root :class:`click.Group`. Return nothing;
-    register commands with ``@cli.command()``.
+    Called once when the ``scaisend`` command starts, before its arguments are parsed, with
+    the root :class:`click.Group`. Return nothing; register commands with ``@cli.command()``.
+    A plugin that raises is logged and its commands are missing; the built-in commands work.
     """
 
 

@@ -19,16 +19,15 @@ from core.features import Feature
 
 log = structlog.get_logger("scaisend.plugins")
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
+FEATURE_PLUGINS: tuple[str, ...] = (
     "plugins.open_tracking",
     "plugins.click_tracking",
     "plugins.ganalytics",
     "plugins.subscription",
     "plugins.image_proxy",
-    "sinks.database",
-    "sinks.jsonl",
-    "sinks.log",
 )
+SINK_PLUGINS: tuple[str, ...] = ("sinks.database", "sinks.jsonl", "sinks.log")
+DEFAULT_PLUGINS: tuple[str, ...] = FEATURE_PLUGINS + SINK_PLUGINS
 """Built-in plugins, by module name. Core never imports them any other way."""
 
 AUTOLOAD_ENV = "SCAISEND_DISABLE_PLUGIN_AUTOLOAD"

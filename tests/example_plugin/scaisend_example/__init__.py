@@ -42,9 +42,17 @@ async def view(token: str) -> Response:
     if claims is None:
         return Response(status=404)
     tenant = runtime.tenant(claims.tenant)
-    event_type = tenant.plugins.get(FEATURE.name, {}).get("event_type", "view") if tenant else "view"
-    runtime.emit(Event(type=event_type, tenant=claims.tenant, message_id=claims.message_id,
-                       data={"recipient_number": claims.recipient}))
+    event_type = (
+        tenant.plugins.get(FEATURE.name, {}).get("event_type", "view") if tenant else "view"
+    )
+    runtime.emit(
+        Event(
+            type=event_type,
+            tenant=claims.tenant,
+            message_id=claims.message_id,
+            data={"recipient_number": claims.recipient},
+        )
+    )
     return Response(status=204)
 
 
