@@ -13,12 +13,15 @@ from core.pipeline import Recipient, Slot, StagedDocument, StagedPart
 from core.runtime import Runtime, current_runtime
 from core.sinks import Sink, SinkType
 from core.tokens import TokenClaims
+from core.transports import DeliveryResult, OutgoingMessage, Transport, TransportType
 
 __all__ = [
     "Config",
+    "DeliveryResult",
     "Event",
     "Feature",
     "InstrumentContext",
+    "OutgoingMessage",
     "Recipient",
     "Runtime",
     "Sink",
@@ -28,6 +31,8 @@ __all__ = [
     "StagedPart",
     "Tenant",
     "TokenClaims",
+    "Transport",
+    "TransportType",
     "current_runtime",
     "hookimpl",
 ]

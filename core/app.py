@@ -76,6 +76,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
     @app.after_serving
     async def stop() -> None:
         await plugins.host.call_each_async("shutdown", reverse=True, runtime=runtime)
+        await runtime.aclose_transport()
         await anyio.to_thread.run_sync(runtime.close)
         log.info("server.stopped")
 

@@ -18,6 +18,7 @@ import yaml
 from core.features import OrderedFeatures
 from core.schema import build_schema, fill_defaults
 from core.sinks import SinkType
+from core.transports import TransportType
 
 log = structlog.get_logger("scaisend.config")
 
@@ -241,12 +242,14 @@ def build_config(
     environ: Mapping[str, str] | None = None,
     embedded: bool = False,
     source: str = "(embedded default)",
+    transport_types: Iterable[TransportType] = (),
 ) -> Config:
     """Resolve secrets, fill defaults, validate and freeze. Raises :class:`ConfigError`."""
     environ = os.environ if environ is None else environ
     sink_types = list(sink_types)
+    transport_types = list(transport_types)
     resolved, problems = resolve_env(json.loads(json.dumps(document)), environ)
-    schema = build_schema(features, sink_types)
+    schema = build_schema(features, sink_types, transport_types)
     if isinstance(resolved, dict):
         if isinstance(resolved.get("tenants"), dict):
             for tenant_id, tenant in resolved["tenants"].items():
@@ -254,6 +257,7 @@ def build_config(
                     resolved["tenants"][tenant_id] = {}
         fill_defaults(resolved, schema)
         _fill_sink_defaults(resolved, sink_types)
+        _fill_transport_defaults(resolved, transport_types)
     problems.extend(validate(resolved, schema))
     if not problems:
         problems.extend(_check_semantics(resolved))
@@ -318,6 +322,17 @@ def _fill_sink_defaults(document: dict[str, Any], sink_types: Sequence[SinkType]
         if isinstance(entry, dict) and entry.get("type") in by_type:
             fill_defaults(entry, by_type[entry["type"]].options_schema)
             entry.setdefault("name", entry["type"])
+
+
+def _fill_transport_defaults(
+    document: dict[str, Any], transport_types: Sequence[TransportType]
+) -> None:
+    server = document.get("server")
+    transport = server.get("transport") if isinstance(server, dict) else None
+    if isinstance(transport, dict):
+        for transport_type in transport_types:
+            if transport.get("type") == transport_type.type:
+                fill_defaults(transport, transport_type.options_schema)
 
 
 def _check_semantics(document: dict[str, Any]) -> list[ConfigProblem]:

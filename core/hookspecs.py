@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from core.pipeline import StagedDocument
     from core.runtime import Runtime
     from core.sinks import SinkType
+    from core.transports import TransportType
 
 PROJECT = "scaisend"
 
@@ -62,6 +63,18 @@ def register_sinks() -> Iterable[SinkType]:
     :class:`core.SinkType`; results of all plugins are concatenated, and a type name offered
     twice keeps the first. The operator picks sinks by ``type`` under ``server.sinks``; each
     entry's options are validated against the sink type's schema as part of the configuration.
+    """
+
+
+@hookspec
+def register_transports() -> Iterable[TransportType]:
+    """Contribute transports: the ways finished messages leave ScaiSend.
+
+    Called once, when the plugin manager is built. Returns an iterable of
+    :class:`core.TransportType` (a type name, an options schema and a factory); results of all
+    plugins are concatenated, and a type name offered twice keeps the first. The operator picks
+    one with ``server.transport.type``; its options are validated as part of the configuration,
+    and the factory is called once per process when the first message is sent.
     """
 
 

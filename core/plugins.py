@@ -27,7 +27,10 @@ FEATURE_PLUGINS: tuple[str, ...] = (
     "plugins.image_proxy",
 )
 SINK_PLUGINS: tuple[str, ...] = ("sinks.database", "sinks.jsonl", "sinks.log")
-DEFAULT_PLUGINS: tuple[str, ...] = FEATURE_PLUGINS + SINK_PLUGINS
+TRANSPORT_PLUGINS: tuple[str, ...] = ("plugins.outbox", "plugins.smtp_relay")
+INFRASTRUCTURE_PLUGINS: tuple[str, ...] = SINK_PLUGINS + TRANSPORT_PLUGINS
+"""What a server needs whatever features it runs: sinks and transports."""
+DEFAULT_PLUGINS: tuple[str, ...] = FEATURE_PLUGINS + INFRASTRUCTURE_PLUGINS
 """Built-in plugins, by module name. Core never imports them any other way."""
 
 AUTOLOAD_ENV = "SCAISEND_DISABLE_PLUGIN_AUTOLOAD"

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee as pw
 import pluggy
@@ -23,6 +23,7 @@ from core.settings import SettingsLayers, deep_merge
 from core.sinks import Sink, SinkType
 from core.storage import connect_database, migrate
 from core.tokens import TokenCodec
+from core.transports import Transport, TransportType
 
 log = structlog.get_logger("scaisend.runtime")
 
@@ -37,6 +38,7 @@ class Plugins:
     features: OrderedFeatures
     owners: Mapping[str, Implementation]
     sink_types: Mapping[str, SinkType]
+    transport_types: Mapping[str, TransportType]
 
     @classmethod
     def collect(
@@ -61,25 +63,44 @@ class Plugins:
                 )
             owners[feature.name] = impl
             found.append(feature)
-        sink_types: dict[str, SinkType] = {}
-        for impl, sink_type in host.collect("register_sinks"):
-            if isinstance(sink_type, SinkType) and sink_type.type not in sink_types:
-                sink_types[sink_type.type] = sink_type
-            else:
-                log.error(
-                    "plugin.failed",
-                    hook="register_sinks",
-                    plugin=impl.plugin_name,
-                    error=f"invalid or duplicate sink type {sink_type!r}",
-                )
-        return cls(host, OrderedFeatures.build(found, order), owners, sink_types)
+        return cls(
+            host,
+            OrderedFeatures.build(found, order),
+            owners,
+            _by_type(host, "register_sinks", SinkType),
+            _by_type(host, "register_transports", TransportType),
+        )
 
     def reordered(self, order: Mapping[str, int], budget: float) -> Plugins:
         try:
             features = OrderedFeatures.build(self.features, order)
         except ValueError as exc:
             raise ConfigError([ConfigProblem("server.feature_order", str(exc))]) from exc
-        return Plugins(PluginHost(self.host.pm, budget), features, self.owners, self.sink_types)
+        return Plugins(
+            PluginHost(self.host.pm, budget),
+            features,
+            self.owners,
+            self.sink_types,
+            self.transport_types,
+        )
+
+
+_T = TypeVar("_T", SinkType, TransportType)
+
+
+def _by_type(host: PluginHost, hook: str, kind: type[_T]) -> dict[str, _T]:
+    found: dict[str, _T] = {}
+    for impl, item in host.collect(hook):
+        if isinstance(item, kind) and item.type not in found:
+            found[item.type] = item
+        else:
+            log.error(
+                "plugin.failed",
+                hook=hook,
+                plugin=impl.plugin_name,
+                error=f"invalid or duplicate {kind.__name__} {item!r}",
+            )
+    return found
 
 
 def load(
@@ -111,6 +132,7 @@ def load(
         environ=environ,
         embedded=embedded,
         source=source,
+        transport_types=plugins.transport_types.values(),
     )
     return plugins.reordered(config.feature_order, config.plugin_timeout), config
 
@@ -126,6 +148,7 @@ class Runtime:
     settings: SettingsLayers
     overrides: StoredOverrides
     bus: EventBus | None = None
+    _transport: Transport | None = field(default=None, repr=False)
     _api_keys: dict[bytes, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -156,6 +179,18 @@ class Runtime:
             sink_type = self.plugins.sink_types[options["type"]]
             sinks.append(sink_type.factory(options, self))
         return sinks
+
+    def transport(self) -> Transport:
+        """The configured transport, built on first use."""
+        if self._transport is None:
+            options = self.config.transport
+            self._transport = self.plugins.transport_types[options["type"]].factory(options, self)
+        return self._transport
+
+    async def aclose_transport(self) -> None:
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.aclose()
 
     def start(self) -> None:
         assert self.bus is not None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from core.features import Feature, OrderedFeatures
 from core.sinks import SinkType
+from core.transports import TransportType
 
 TENANT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,63}$"
 KEY_ID_PATTERN = "^[A-Za-z0-9_-]{1,16}$"
@@ -98,12 +99,6 @@ CORE_SERVER_PROPERTIES: dict[str, Any] = {
         "description": "addresses or CIDR ranges whose X-Forwarded-For is believed",
     },
     "plugin_timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
-    "transport": {
-        "type": "object",
-        "default": {"type": "outbox"},
-        "required": ["type"],
-        "properties": {"type": {"type": "string", "minLength": 1}},
-    },
 }
 
 
@@ -155,11 +150,45 @@ def sink_entry_schema(sink_type: SinkType) -> dict[str, Any]:
     }
 
 
+def transport_schema(transport_types: Sequence[TransportType]) -> dict[str, Any]:
+    """``server.transport``: one of the registered transport types with its options."""
+    return {
+        "type": "object",
+        "default": {"type": "outbox"},
+        "required": ["type"],
+        "properties": {"type": {"enum": [t.type for t in transport_types]}},
+        "allOf": [
+            {
+                "if": {"properties": {"type": {"const": t.type}}, "required": ["type"]},
+                "then": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"const": t.type},
+                        **t.options_schema.get("properties", {}),
+                    },
+                    **(
+                        {"required": t.options_schema["required"]}
+                        if "required" in t.options_schema
+                        else {}
+                    ),
+                },
+            }
+            for t in transport_types
+        ],
+    }
+
+
 def build_schema(
-    features: OrderedFeatures, sink_types: Iterable[SinkType], *, secrets_required: bool = True
+    features: OrderedFeatures,
+    sink_types: Iterable[SinkType],
+    transport_types: Iterable[TransportType] = (),
+    *,
+    secrets_required: bool = True,
 ) -> dict[str, Any]:
     """The whole configuration schema for this set of plugins."""
     sink_types = list(sink_types)
+    transport_types = list(transport_types)
     sinks_item: dict[str, Any] = {
         "type": "object",
         "required": ["type"],
@@ -178,6 +207,7 @@ def build_schema(
         "default": {},
         "properties": {
             **CORE_SERVER_PROPERTIES,
+            "transport": transport_schema(transport_types),
             "sinks": {
                 "type": "array",
                 "items": sinks_item,

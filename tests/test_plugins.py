@@ -12,13 +12,24 @@ import pytest
 from click.testing import CliRunner
 from quart import Blueprint, Response
 
-from core import Event, Feature, InstrumentContext, Runtime, SinkType, StagedDocument, hookimpl
+from core import (
+    DeliveryResult,
+    Event,
+    Feature,
+    InstrumentContext,
+    OutgoingMessage,
+    Runtime,
+    SinkType,
+    StagedDocument,
+    TransportType,
+    hookimpl,
+)
 from core.instrument import instrument
 from core.pipeline import Document, Recipient
 from core.plugins import (
     AUTOLOAD_ENV,
     DEFAULT_PLUGINS,
-    SINK_PLUGINS,
+    INFRASTRUCTURE_PLUGINS,
     PluginHost,
     build_plugin_manager,
 )
@@ -124,13 +135,13 @@ def test_yaml_overrides_order_and_ties_break_by_name(tmp_path):
 
 def test_instrument_runs_enabled_features_in_order(tmp_path):
     first, second = FeaturePlugin("first", 1), FeaturePlugin("second", 2)
-    harness = Harness(tmp_path, plugins=[second, first], builtins=SINK_PLUGINS)
+    harness = Harness(tmp_path, plugins=[second, first], builtins=INFRASTRUCTURE_PLUGINS)
     assert run_pipeline(harness.plugins, harness) == "<p>hi</p>[first][second]"
 
     harness = Harness(
         tmp_path / "reordered",
         plugins=[second, first],
-        builtins=SINK_PLUGINS,
+        builtins=INFRASTRUCTURE_PLUGINS,
         server={"feature_order": {"first": 3}},
     )
     assert run_pipeline(harness.plugins, harness) == "<p>hi</p>[second][first]"
@@ -138,7 +149,7 @@ def test_instrument_runs_enabled_features_in_order(tmp_path):
 
 def test_disabled_feature_does_not_instrument(tmp_path):
     plugins_ = [FeaturePlugin("on", 1), FeaturePlugin("off", 2)]
-    harness = Harness(tmp_path, plugins=plugins_, builtins=SINK_PLUGINS)
+    harness = Harness(tmp_path, plugins=plugins_, builtins=INFRASTRUCTURE_PLUGINS)
     compiled, applied = instrument(
         harness.plugins,
         Document(html="<p>x</p>"),
@@ -234,7 +245,7 @@ def test_raising_instrument_leaves_no_edits_and_others_apply(tmp_path):
     harness = Harness(
         tmp_path,
         plugins=[FeaturePlugin("before", 1), Raising("raising", 2), FeaturePlugin("after", 3)],
-        builtins=SINK_PLUGINS,
+        builtins=INFRASTRUCTURE_PLUGINS,
     )
     assert run_pipeline(harness.plugins, harness) == "<p>hi</p>[before][after]"
 
@@ -243,7 +254,7 @@ def test_instrument_over_budget_is_skipped(tmp_path, hanging, capfd):
     harness = Harness(
         tmp_path,
         plugins=[FeaturePlugin("before", 1), hanging, FeaturePlugin("after", 30)],
-        builtins=SINK_PLUGINS,
+        builtins=INFRASTRUCTURE_PLUGINS,
         server={"plugin_timeout_seconds": 0.2},
     )
     assert run_pipeline(harness.plugins, harness) == "<p>hi</p>[before][after]"
@@ -267,7 +278,9 @@ def test_conflicting_edits_are_refused_whole(tmp_path):
                 doc.html.append("[wrapper]")
 
     harness = Harness(
-        tmp_path, plugins=[Overlapping("upper", 1), Wrapper("wrapper", 2)], builtins=SINK_PLUGINS
+        tmp_path,
+        plugins=[Overlapping("upper", 1), Wrapper("wrapper", 2)],
+        builtins=INFRASTRUCTURE_PLUGINS,
     )
     # The second feature's edit overlaps the first one's, so none of its edits apply.
     assert run_pipeline(harness.plugins, harness) == "<P>hi</p>"
@@ -390,3 +403,63 @@ def test_register_commands_adds_a_cli_command():
     result = CliRunner().invoke(group, ["hello-plugin"])
     assert result.exit_code == 0
     assert result.output == "hello from a plugin\n"
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self, options) -> None:
+        self.options = dict(options)
+        self.sent: list[OutgoingMessage] = []
+
+    async def deliver(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        self.sent.extend(messages)
+        return [DeliveryResult("delivered") for _ in messages]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class TransportPlugin:
+    __name__ = "transport-plugin"
+
+    @hookimpl
+    def register_transports(self) -> Iterable[TransportType]:
+        return [
+            TransportType(
+                type="recorder",
+                factory=lambda options, runtime: Recorder(options),
+                options_schema={
+                    "type": "object",
+                    "properties": {"label": {"type": "string", "default": "x"}},
+                },
+            )
+        ]
+
+
+@pytest.mark.anyio
+async def test_register_transports_offers_a_configurable_transport(tmp_path):
+    harness = Harness(
+        tmp_path, plugins=[TransportPlugin()], server={"transport": {"type": "recorder"}}
+    )
+    runtime = harness.open_runtime()
+    try:
+        transport = runtime.transport()
+        assert isinstance(transport, Recorder)
+        assert transport.options == {"type": "recorder", "label": "x"}
+        message = OutgoingMessage("acme", "m1", 0, "b@x.test", "r@y.test", b"Subject: x\r\n\r\n")
+        assert await transport.deliver([message]) == [DeliveryResult("delivered")]
+    finally:
+        await runtime.aclose_transport()
+        runtime.close()
+
+
+def test_transport_options_are_validated(tmp_path):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"server\.transport"):
+        Harness(
+            tmp_path,
+            plugins=[TransportPlugin()],
+            server={"transport": {"type": "recorder", "label": 5}},
+        )

@@ -1,0 +1,1 @@
+"""The ``smtp`` transport: relay through a smarthost with aiosmtplib."""
