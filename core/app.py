@@ -15,6 +15,7 @@ from core.admin import blueprint as admin_blueprint
 from core.config import Config
 from core.plugins import build_plugin_manager
 from core.runtime import EXTENSION, Plugins, Runtime, current_runtime
+from core.send.api import blueprint as send_blueprint
 from core.storage import ping
 
 log = structlog.get_logger("scaisend.app")
@@ -56,6 +57,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
 
     app.register_blueprint(health)
     app.register_blueprint(admin_blueprint)
+    app.register_blueprint(send_blueprint)
     for impl, blueprint in plugins.host.collect("register_routes"):
         _mount(app, blueprint, impl.plugin_name)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import structlog
@@ -85,6 +86,7 @@ class Config:
     """Everything the server needs to know, validated, with defaults filled and secrets resolved."""
 
     tracking_base_url: str
+    bounce_domain: str
     data_dir: Path
     database_url: str
     node_id: str
@@ -274,6 +276,7 @@ def build_config(
     )
     return Config(
         tracking_base_url=base_url.rstrip("/"),
+        bounce_domain=server.get("bounce_domain") or _default_bounce_domain(base_url),
         data_dir=data_dir,
         database_url=server.get("database_url") or f"sqlite:///{data_dir / 'scaisend.db'}",
         node_id=server["node_id"],
@@ -322,6 +325,12 @@ def _fill_sink_defaults(document: dict[str, Any], sink_types: Sequence[SinkType]
         if isinstance(entry, dict) and entry.get("type") in by_type:
             fill_defaults(entry, by_type[entry["type"]].options_schema)
             entry.setdefault("name", entry["type"])
+
+
+def _default_bounce_domain(base_url: str) -> str:
+    host = urlsplit(base_url).hostname or "localhost"
+    is_address = host.replace(".", "").isdigit() or ":" in host
+    return "localhost" if is_address else host
 
 
 def _fill_transport_defaults(

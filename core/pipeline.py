@@ -147,6 +147,17 @@ class StagedPart:
     def append(self, value: Value) -> None:
         self.insert(len(self._part.source), value)
 
+    def is_free(self, start: int, end: int) -> bool:
+        """Whether an edit of ``[start, end)`` would overlap no earlier or pending edit.
+
+        Features check this to leave alone text another feature (or core's substitutions)
+        has already claimed, rather than have their whole edit set refused.
+        """
+        probe = Edit(start, end, 0, "", self.feature)
+        committed = any(_overlaps(probe, edit) for edit in self._part._edits)
+        pending = any(_overlaps(probe, Edit(s, e, 0, "", self.feature)) for s, e, _ in self.pending)
+        return not (committed or pending)
+
     def find_all(self, needle: str) -> Iterator[int]:
         """Offsets of every non-overlapping occurrence of ``needle`` in the source."""
         if not needle:

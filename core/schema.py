@@ -22,6 +22,13 @@ CORE_SERVER_PROPERTIES: dict[str, Any] = {
         "description": "public base URL of the tracking routes; TRACKING_BASE_URL overrides "
         "it; default: http://HOST:PORT of server.http",
     },
+    "bounce_domain": {
+        "type": "string",
+        "pattern": "^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        "(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+        "description": "domain of the per-recipient envelope senders (VERP), which the inbound "
+        "SMTP listener accepts bounces for; default: the tracking base URL's host",
+    },
     "data_dir": {
         "type": "string",
         "minLength": 1,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
-from core import Feature, hookimpl
+from quart import Blueprint
+
+from core import Feature, InstrumentContext, Recipient, StagedDocument, hookimpl
+from plugins.open_tracking.routes import blueprint
 
 FEATURE = Feature(
     name="open_tracking",
@@ -26,7 +30,43 @@ FEATURE = Feature(
     },
 )
 
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+PIXEL_PATH = "/t/o/{token}.gif"
+
+
+def pixel_tag(url: str) -> str:
+    return (
+        f'<img src="{url}" width="1" height="1" alt="" border="0" '
+        'style="height:1px !important;width:1px !important;border-width:0 !important;'
+        'margin:0 !important;padding:0 !important;" />'
+    )
+
 
 @hookimpl
 def register_features() -> Iterable[Feature]:
     return [FEATURE]
+
+
+@hookimpl
+def register_routes() -> Iterable[Blueprint]:
+    return [blueprint]
+
+
+@hookimpl
+def instrument(doc: StagedDocument, ctx: InstrumentContext) -> None:
+    html = doc.html
+    if html is None:  # a text-only message has nowhere to load an image
+        return
+    url = ctx.tracking_url(PIXEL_PATH)
+
+    def pixel(recipient: Recipient) -> str:
+        return pixel_tag(url(recipient))
+
+    tag = ctx.settings.get("substitution_tag")
+    if tag:
+        for offset in html.find_all(tag):
+            if html.is_free(offset, offset + len(tag)):
+                html.replace(offset, offset + len(tag), pixel)
+        return
+    ends = list(_BODY_END.finditer(html.source))
+    html.insert(ends[-1].start() if ends else len(html.source), pixel)

@@ -1,0 +1,45 @@
+"""Request facts that several tracking routes need."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=16)
+def _networks(proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def _trusted(address: str, networks: Iterable[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_ip(
+    remote_addr: str | None, forwarded_for: str | None, trusted_proxies: tuple[str, ...]
+) -> str | None:
+    """The client's address: ``X-Forwarded-For`` is believed only from trusted proxies.
+
+    Walking the header from the right, each hop added by a trusted proxy is skipped; the first
+    address not in a trusted range is the client (anything left of it could be forged).
+    """
+    if not remote_addr or not forwarded_for or not trusted_proxies:
+        return remote_addr
+    networks = _networks(trusted_proxies)
+    if not _trusted(remote_addr, networks):
+        return remote_addr
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, networks):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return remote_addr
+    return hops[0] if hops else remote_addr
