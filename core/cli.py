@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
+import email.utils
 import json
 import re
 import signal
 import sys
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from core.auth import mint_admin_token
 from core.config import CONFIG_ENV, Config, ConfigError
 from core.plugins import PluginHost, build_plugin_manager
 from core.runtime import Plugins, load
+from core.send.compose import SendError
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -227,6 +232,123 @@ def admin_token(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(token)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"{path} is not UTF-8 JSON: {exc}") from exc
+
+
+def _report(exc: SendError) -> None:
+    click.echo("the send was refused:", err=True)
+    for error in exc.errors:
+        click.echo(f"  - {error.field or '(body)'}: {error.message}", err=True)
+    sys.exit(2)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("body_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", default="default", show_default=True)
+def send(config_path: Path | None, body_file: Path, tenant: str) -> None:
+    """Send BODY_FILE (a JSON send body, as POST /v3/mail/send takes it)."""
+    from core.api import ScaiSend
+
+    body = _read_json(body_file)
+    with ScaiSend(loaded=_load(config_path)) as scaisend:
+        try:
+            prepared = scaisend.prepare(body, tenant)
+        except SendError as exc:
+            _report(exc)
+        if prepared.submission.sandbox:
+            click.echo(f"sandbox: {len(prepared.recipients)} recipient(s) validated, none sent")
+            return
+        scaisend.service.persist(prepared)
+        total = len(prepared.recipients)
+        with click.progressbar(
+            length=total, label="delivering", file=sys.stderr, show_pos=True
+        ) as bar:
+            results = anyio.run(lambda: scaisend.service.deliver(prepared, bar.update))
+    counts = {
+        outcome: sum(r.outcome == outcome for r in results)
+        for outcome in ("delivered", "deferred", "failed")
+    }
+    click.echo(f"{prepared.message_id}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if counts["delivered"] != total:
+        sys.exit(1)
+
+
+def _body_from_eml(raw: bytes, to: str | None) -> dict[str, Any]:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    if not isinstance(message, EmailMessage):
+        raise click.ClickException("not an RFC 5322 message")
+    content = []
+    for kind in ("plain", "html"):
+        part = message.get_body(preferencelist=(kind,))
+        if part is not None and isinstance(part, EmailMessage):
+            content.append({"type": f"text/{kind}", "value": part.get_content()})
+    sender = email.utils.parseaddr(str(message.get("From", "")))[1] or "sender@example.com"
+    recipient = to or email.utils.parseaddr(str(message.get("To", "")))[1]
+    return {
+        "personalizations": [{"to": [{"email": recipient or "recipient@example.com"}]}],
+        "from": {"email": sender},
+        "subject": str(message.get("Subject", "")) or "(no subject)",
+        "content": content,
+    }
+
+
+@cli.command("instrument")
+@CONFIG_OPTION
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--to", "to", help="the recipient to instrument for")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write here instead of standard output",
+)
+def instrument_command(
+    config_path: Path | None, source: Path, tenant: str, to: str | None, output: Path | None
+) -> None:
+    """Show SOURCE (.html or .eml) as one recipient would receive it; records nothing.
+
+    An .html file prints the instrumented HTML; an .eml file the whole instrumented message.
+    """
+    from core.api import ScaiSend
+
+    raw = source.read_bytes()
+    is_html = source.suffix.lower() in {".html", ".htm"}
+    if is_html:
+        try:
+            html = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(f"{source} is not UTF-8") from exc
+        body: dict[str, Any] = {
+            "personalizations": [{"to": [{"email": to or "recipient@example.com"}]}],
+            "from": {"email": "sender@example.com"},
+            "subject": source.stem,
+            "content": [{"type": "text/html", "value": html}],
+        }
+    else:
+        body = _body_from_eml(raw, to)
+    with ScaiSend(loaded=_load(config_path)) as scaisend:
+        try:
+            prepared = scaisend.prepare(body, tenant)
+        except SendError as exc:
+            _report(exc)
+        if is_html:
+            assert prepared.document.html is not None
+            result = prepared.document.html.stamp(prepared.recipients[0]).encode("utf-8")
+        else:
+            result = next(scaisend.service.outgoing(prepared)).data
+    if output is None:
+        click.echo(result.decode("utf-8"), nl=False)
+    else:
+        output.write_bytes(result)
+        click.echo(f"wrote {output} ({len(result)} bytes)", err=True)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -152,8 +152,12 @@ class Runtime:
     _api_keys: dict[bytes, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, config: Config, plugins: Plugins) -> Runtime:
-        """Connect and migrate the database and build the event bus (not yet started)."""
+    def open(cls, config: Config, plugins: Plugins, *, role: str | None = None) -> Runtime:
+        """Connect and migrate the database and build the event bus (not yet started).
+
+        ``role`` names a journal of its own for a process that runs beside the server on the
+        same data directory (the command line uses ``cli``).
+        """
         config.data_dir.mkdir(parents=True, exist_ok=True)
         db = connect_database(config.database_url)
         migrate(db)
@@ -169,7 +173,11 @@ class Runtime:
             for key in tenant.api_keys:
                 runtime._api_keys[hashlib.sha256(key.encode()).digest()] = tenant.id
         runtime.bus = EventBus(
-            Journal(config.data_dir / "journal", config.node_id), runtime._build_sinks()
+            Journal(
+                config.data_dir / "journal",
+                f"{config.node_id}.{role}" if role else config.node_id,
+            ),
+            runtime._build_sinks(),
         )
         return runtime
 

@@ -143,6 +143,8 @@ def parse_submission(body: Any) -> Submission:
             ]
         else:
             errors.append(FieldError(_path(error), _message(error)))
+    # jsonschema reports a missing property once per missing name, each listing all of them.
+    errors = list(dict.fromkeys(errors))
     if errors:
         raise SendError(errors)
     assert isinstance(body, dict)
