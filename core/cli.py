@@ -132,7 +132,7 @@ def check_config(config_file: Path) -> None:
 def list_plugins(config_path: Path | None, as_json: bool) -> None:
     """Features in pipeline order, with their plugins, routes and hooks."""
     plugins, _ = _load(config_path)
-    routes = _routes_by_plugin(plugins.host)
+    routes = routes_by_plugin(plugins.host)
     described = [
         {"name": entry["name"], "hooks": entry["hooks"], "routes": routes.get(entry["name"], [])}
         for entry in plugins.host.describe()
@@ -160,7 +160,7 @@ def list_plugins(config_path: Path | None, as_json: bool) -> None:
             click.echo(f"      route : {route}")
 
 
-def _routes_by_plugin(host: PluginHost) -> dict[str, list[str]]:
+def routes_by_plugin(host: PluginHost) -> dict[str, list[str]]:
     from core.app import _rules
 
     result: dict[str, list[str]] = {}

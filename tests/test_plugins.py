@@ -24,6 +24,8 @@ from core import (
     TransportType,
     hookimpl,
 )
+from core.cli import routes_by_plugin
+from core.config import ConfigError
 from core.instrument import instrument
 from core.pipeline import Document, Recipient
 from core.plugins import (
@@ -33,8 +35,8 @@ from core.plugins import (
     PluginHost,
     build_plugin_manager,
 )
-from core.runtime import Plugins
-from core.testing import Harness, plugin_manager
+from core.runtime import Plugins, load
+from core.testing import Harness, base_document, plugin_manager
 
 DEFAULT_ORDER = [
     ("open_tracking", 10),
@@ -163,14 +165,28 @@ def test_disabled_feature_does_not_instrument(tmp_path):
     assert compiled.html.stamp(Recipient(0, "a@x.test", "t")) == "<p>x</p>[on]"
 
 
-def test_autoload_reads_entry_points_unless_disabled(monkeypatch):
+def test_autoload_reads_entry_points_unless_disabled(monkeypatch, tmp_path):
     installed = {ep.name for ep in importlib.metadata.entry_points(group="scaisend")}
     if "example" not in installed:
         if os.environ.get("CI"):
             pytest.fail("tests/example_plugin is not installed (tox installs it)")
         pytest.skip("install tests/example_plugin (tox does) to test entry-point loading")
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    assert build_plugin_manager().has_plugin("example")
+    pm = build_plugin_manager()
+    assert pm.has_plugin("example")
+    # The installed plugin's feature, schemas and route are all in effect.
+    plugins = Plugins.collect(pm)
+    assert plugins.features.names().index("example_view_link") == 3
+    document = base_document(
+        tmp_path, {"acme": {"plugins": {"example_view_link": {"event_type": 5}}}}
+    )
+    with pytest.raises(ConfigError) as refused:
+        load(document=document, pm=pm, base_dir=tmp_path, environ={})
+    assert [p.path for p in refused.value.problems] == [
+        "tenants.acme.plugins.example_view_link.event_type"
+    ]
+    assert "GET /example/view/<token>" in str(routes_by_plugin(plugins.host)["example"])
+
     monkeypatch.setenv(AUTOLOAD_ENV, "1")
     assert not build_plugin_manager().has_plugin("example")
 
@@ -455,8 +471,6 @@ async def test_register_transports_offers_a_configurable_transport(tmp_path):
 
 
 def test_transport_options_are_validated(tmp_path):
-    from core.config import ConfigError
-
     with pytest.raises(ConfigError, match=r"server\.transport"):
         Harness(
             tmp_path,
