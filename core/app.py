@@ -15,7 +15,9 @@ from core.admin import blueprint as admin_blueprint
 from core.config import Config
 from core.plugins import build_plugin_manager
 from core.runtime import EXTENSION, Plugins, Runtime, current_runtime
+from core.send.api import SERVICE
 from core.send.api import blueprint as send_blueprint
+from core.send.service import SendService
 from core.storage import ping
 
 log = structlog.get_logger("scaisend.app")
@@ -54,6 +56,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
     app.extensions[EXTENSION] = runtime
+    sender = app.extensions[SERVICE] = SendService(runtime)
 
     app.register_blueprint(health)
     app.register_blueprint(admin_blueprint)
@@ -68,6 +71,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
     async def start() -> None:
         runtime.start()
         await plugins.host.call_each_async("startup", runtime=runtime)
+        app.add_background_task(sender.resume)
         log.info(
             "server.started",
             tracking_base_url=config.tracking_base_url,

@@ -11,6 +11,7 @@ temporary data directory::
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 import secrets
@@ -95,8 +96,14 @@ class Harness:
         """A test client of a started app (event bus running, startup hooks done)."""
         app = self.app()
         async with app.test_app() as test_app:
+            self.quart_app = app
             self.runtime = app.extensions[EXTENSION]
             yield test_app.test_client()
+
+    async def background_work_done(self) -> None:
+        """Wait for the app's background tasks (deliveries after a 202, resumed sends)."""
+        while self.quart_app.background_tasks:
+            await asyncio.gather(*self.quart_app.background_tasks, return_exceptions=True)
 
     def open_runtime(self) -> Runtime:
         """A runtime without an app (the caller starts and closes it)."""

@@ -18,7 +18,7 @@ log = structlog.get_logger("scaisend.send")
 
 blueprint = Blueprint("send", __name__)
 
-_SERVICE = "scaisend.send"
+SERVICE = "scaisend.send"
 
 
 def _errors(status: int, *errors: FieldError) -> tuple[Response, int]:
@@ -26,9 +26,7 @@ def _errors(status: int, *errors: FieldError) -> tuple[Response, int]:
 
 
 def service() -> SendService:
-    found = current_app.extensions.get(_SERVICE)
-    if found is None:
-        found = current_app.extensions[_SERVICE] = SendService(current_runtime())
+    found = current_app.extensions[SERVICE]
     assert isinstance(found, SendService)
     return found
 

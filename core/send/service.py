@@ -5,6 +5,7 @@ The same service backs ``POST /v3/mail/send``, the Python API and ``scaisend sen
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from core.pipeline import CompiledDocument, Document, Recipient, Template
 from core.runtime import Runtime
 from core.send.compose import FieldError, SendError, Submission, parse_submission
 from core.send.mime import MessageTemplate, compile_message
+from core.send.spool import Spool
 from core.send.verp import VerpCodec
 from core.settings import SettingsError
 from core.storage import Message, MessageRecipient
@@ -39,6 +41,7 @@ class PreparedSend:
 
     message_id: str
     tenant: Tenant
+    body: Any
     submission: Submission
     settings: Mapping[str, Any]
     features: tuple[str, ...]
@@ -90,15 +93,30 @@ class SendService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.verp = VerpCodec(runtime.config.signing_keys)
+        self.spool = Spool(runtime.config.data_dir / "spool")
 
-    def prepare(self, tenant: Tenant, body: Any) -> PreparedSend:
-        """Validate and compile a send. Raises :class:`SendError` listing every problem."""
+    def prepare(
+        self,
+        tenant: Tenant,
+        body: Any,
+        *,
+        message_id: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> PreparedSend:
+        """Validate and compile a send. Raises :class:`SendError` listing every problem.
+
+        ``message_id`` and ``settings`` are given when a spooled send is resumed, so its copies
+        come out as they would have the first time.
+        """
         submission = parse_submission(body)
-        try:
-            settings = self.runtime.effective_settings(tenant, submission.tracking_settings)
-        except SettingsError as exc:
-            raise SendError([FieldError(f"tracking_settings.{exc.field}", exc.message)]) from exc
-        message_id = uuid.uuid4().hex
+        if settings is None:
+            try:
+                settings = self.runtime.effective_settings(tenant, submission.tracking_settings)
+            except SettingsError as exc:
+                raise SendError(
+                    [FieldError(f"tracking_settings.{exc.field}", exc.message)]
+                ) from exc
+        message_id = message_id or uuid.uuid4().hex
         keys = sorted(
             {key for p in submission.personalizations for key in p.substitutions},
             key=len,
@@ -143,6 +161,7 @@ class SendService:
         return PreparedSend(
             message_id=message_id,
             tenant=tenant,
+            body=body,
             submission=submission,
             settings=settings,
             features=tuple(applied),
@@ -152,7 +171,23 @@ class SendService:
         )
 
     def persist(self, prepared: PreparedSend) -> None:
-        """Record the message and its recipients, and journal a ``processed`` event each."""
+        """Spool the send, record the message and its recipients, journal ``processed`` events.
+
+        Once this returns the send survives a crash: the server resumes it on start.
+        """
+        submission = prepared.submission
+        self.spool.put(
+            prepared.message_id, prepared.tenant.id, prepared.body, dict(prepared.settings)
+        )
+        try:
+            self._record_message(prepared)
+        except Exception:
+            self.spool.remove(prepared.message_id)
+            raise
+        for spec in submission.recipients:
+            self.runtime.emit(self._event("processed", prepared, spec.number, {}))
+
+    def _record_message(self, prepared: PreparedSend) -> None:
         submission = prepared.submission
         db = self.runtime.db
         with db.connection_context(), db.atomic():
@@ -175,8 +210,6 @@ class SendService:
             ]
             for start in range(0, len(rows), 500):
                 MessageRecipient.insert_many(rows[start : start + 500]).execute()
-        for spec in submission.recipients:
-            self.runtime.emit(self._event("processed", prepared, spec.number, {}))
 
     def _event(
         self, kind: str, prepared: PreparedSend, number: int, data: Mapping[str, Any]
@@ -201,17 +234,21 @@ class SendService:
             },
         )
 
-    def outgoing(self, prepared: PreparedSend) -> Iterator[OutgoingMessage]:
+    def outgoing(
+        self, prepared: PreparedSend, skip: frozenset[int] = frozenset()
+    ) -> Iterator[OutgoingMessage]:
         domain = self.runtime.config.bounce_domain
         for recipient in prepared.recipients:
-            yield prepared.render(recipient, self.verp, domain)
+            if recipient.index not in skip:
+                yield prepared.render(recipient, self.verp, domain)
 
     async def deliver(
         self,
         prepared: PreparedSend,
         progress: Callable[[int], None] | None = None,
+        skip: frozenset[int] = frozenset(),
     ) -> list[DeliveryResult]:
-        """Stamp and deliver every copy in batches; one event per result."""
+        """Stamp and deliver every copy (but those in ``skip``) in batches; an event per result."""
         transport = self.runtime.transport()
         results: list[DeliveryResult] = []
         batch: list[OutgoingMessage] = []
@@ -220,17 +257,21 @@ class SendService:
             outcomes = await transport.deliver(batch)
             for message, result in zip(batch, outcomes, strict=True):
                 self._record(prepared, message, result)
+            await anyio.to_thread.run_sync(
+                self.spool.mark_done, prepared.message_id, [m.recipient for m in batch]
+            )
             results.extend(outcomes)
             if progress is not None:
                 progress(len(batch))
             batch.clear()
 
-        for message in self.outgoing(prepared):
+        for message in self.outgoing(prepared, skip):
             batch.append(message)
             if len(batch) >= DELIVERY_BATCH:
                 await flush()
         if batch:
             await flush()
+        self.spool.remove(prepared.message_id)
         log.info(
             "send.delivered",
             message_id=prepared.message_id,
@@ -252,6 +293,40 @@ class SendService:
         if result.outcome == "failed":
             data["bounce_type"] = "relay"
         self.runtime.emit(self._event(kind, prepared, message.recipient, data))
+
+    async def resume(self) -> int:
+        """Deliver what spooled sends have left undelivered; returns how many were resumed."""
+        resumed = 0
+        for spooled in await anyio.to_thread.run_sync(lambda: list(self.spool.pending())):
+            tenant = self.runtime.tenant(spooled.tenant)
+            if tenant is None:
+                log.error(
+                    "send.resume_skipped",
+                    message_id=spooled.message_id,
+                    reason=f"tenant {spooled.tenant!r} is no longer configured",
+                )
+                continue
+            try:
+                prepared = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        self.prepare,
+                        tenant,
+                        spooled.body,
+                        message_id=spooled.message_id,
+                        settings=spooled.settings,
+                    )
+                )
+            except SendError as exc:
+                log.error("send.resume_failed", message_id=spooled.message_id, error=str(exc))
+                continue
+            log.info(
+                "send.resumed",
+                message_id=spooled.message_id,
+                remaining=len(prepared.recipients) - len(spooled.done),
+            )
+            await self.deliver(prepared, skip=spooled.done)
+            resumed += 1
+        return resumed
 
     async def send(self, tenant: Tenant, body: Any) -> PreparedSend:
         """Prepare, record and deliver; returns once every copy has a result."""
