@@ -1,0 +1,147 @@
+"""Finding tags and attribute values in HTML with exact offsets, without re-serialising it.
+
+Email HTML is rarely well formed, and a rewriter that parses it into a tree and prints it back
+changes bytes the author chose (doctypes, entities, quoting, Outlook's conditional comments).
+This scanner only reports where start tags and their attributes are, so features edit just the
+attribute values they mean to and every other byte stays as written.
+
+Outlook conditional comments (``<!--[if mso]> ... <![endif]-->``) are scanned inside, because
+Outlook renders them (VML buttons live there); ordinary comments, ``<script>``, ``<style>``
+and the like are skipped.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9:_.-]*")
+_SPACE = " \t\n\r\f"
+_RAW_TEXT = frozenset({"script", "style", "textarea", "title", "xmp", "noembed", "noframes"})
+_CONDITIONAL_OPEN = re.compile(r"<!--\[if[^\]]*\]>", re.IGNORECASE)
+_CONDITIONAL_MARKERS = re.compile(r"<!(?:--)?\[endif\]-->|<!-->|<!--<!\[endif\]-->", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute as written: ``name`` lower-cased, offsets into the scanned source."""
+
+    name: str
+    start: int
+    end: int
+    value_start: int
+    value_end: int
+    raw_value: str | None
+    quote: str
+
+    @property
+    def value(self) -> str | None:
+        """The value with character references decoded, as a browser would read it."""
+        return html.unescape(self.raw_value) if self.raw_value is not None else None
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    start: int
+    end: int
+    attributes: tuple[Attribute, ...]
+
+    def get(self, name: str) -> Attribute | None:
+        for attribute in self.attributes:
+            if attribute.name == name:
+                return attribute
+        return None
+
+
+def _parse_attributes(source: str, pos: int) -> tuple[list[Attribute], int]:
+    """Attributes from ``pos`` (just after the tag name) to the closing ``>``; returns the
+    attributes and the offset after ``>`` (the end of the source if it never closes)."""
+    attributes: list[Attribute] = []
+    length = len(source)
+    while pos < length:
+        while pos < length and (source[pos] in _SPACE or source[pos] == "/"):
+            pos += 1
+        if pos >= length:
+            break
+        if source[pos] == ">":
+            return attributes, pos + 1
+        name_start = pos
+        pos += 1  # a name may start with "=", as browsers allow
+        while pos < length and source[pos] not in _SPACE and source[pos] not in "/>=":
+            pos += 1
+        name = source[name_start:pos].lower()
+        after_name = pos
+        while pos < length and source[pos] in _SPACE:
+            pos += 1
+        if pos < length and source[pos] == "=":
+            pos += 1
+            while pos < length and source[pos] in _SPACE:
+                pos += 1
+            if pos < length and source[pos] in "\"'":
+                quote = source[pos]
+                close = source.find(quote, pos + 1)
+                if close == -1:
+                    close = length
+                attributes.append(Attribute(name, name_start, min(close + 1, length), pos + 1,
+                                            close, source[pos + 1 : close], quote))
+                pos = close + 1
+            else:
+                value_start = pos
+                while pos < length and source[pos] not in _SPACE and source[pos] != ">":
+                    pos += 1
+                attributes.append(Attribute(name, name_start, pos, value_start, pos,
+                                            source[value_start:pos], ""))
+        else:
+            attributes.append(Attribute(name, name_start, after_name, after_name, after_name,
+                                        None, ""))
+            pos = after_name
+    return attributes, length
+
+
+def scan_tags(source: str) -> Iterator[Tag]:
+    """Every start tag that a mail client (Outlook included) would read, in order."""
+    pos = 0
+    length = len(source)
+    while True:
+        pos = source.find("<", pos)
+        if pos == -1 or pos + 1 >= length:
+            return
+        if source.startswith("<!--", pos):
+            opener = _CONDITIONAL_OPEN.match(source, pos)
+            if opener:
+                pos = opener.end()  # Outlook reads what follows: keep scanning inside
+                continue
+            marker = _CONDITIONAL_MARKERS.match(source, pos)
+            if marker:
+                pos = marker.end()
+                continue
+            close = source.find("-->", pos + 4)
+            pos = length if close == -1 else close + 3
+            continue
+        if source.startswith("<![endif]", pos):
+            close = source.find(">", pos)
+            pos = length if close == -1 else close + 1
+            continue
+        if source.startswith("<![CDATA[", pos):
+            close = source.find("]]>", pos)
+            pos = length if close == -1 else close + 3
+            continue
+        following = source[pos + 1]
+        if following in "!?/":
+            close = source.find(">", pos)
+            pos = length if close == -1 else close + 1
+            continue
+        name_match = _TAG_NAME.match(source, pos + 1)
+        if not name_match:
+            pos += 1
+            continue
+        name = name_match.group(0).lower()
+        attributes, end = _parse_attributes(source, name_match.end())
+        yield Tag(name, pos, end, tuple(attributes))
+        pos = end
+        if name in _RAW_TEXT:
+            closing = re.compile(rf"</{re.escape(name)}[\s/>]", re.IGNORECASE).search(source, pos)
+            pos = length if closing is None else closing.start()
