@@ -1,0 +1,108 @@
+"""Links in outgoing HTML, as the features that rewrite them (click tracking, UTM) see them.
+
+Which links are tracked is decided here once, so every feature agrees on it: http(s) hrefs of
+``<a>``, ``<area>`` and Outlook's VML shapes, except those carrying a placeholder the sender
+substitutes later, those opted out with ``clicktracking="off"``, and ScaiSend's own URLs.
+
+Features that change where a link finally leads register a *destination transform* in the
+shared instrumenting state; whichever feature writes the href applies every transform, so the
+order of features decides the order of transforms (UTM parameters are added before click
+tracking binds the destination to the message).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from core.markup import Attribute, Tag, scan_tags
+
+_PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\*\|.*?\|\*|<%.*?%>|%[A-Za-z0-9_.-]+%", re.DOTALL)
+_HTTP = re.compile(r"^https?://[^\s/?#]", re.IGNORECASE)
+_TRANSFORMS = "link_destination_transforms"
+_TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+DestinationTransform = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Link:
+    tag: Tag
+    href: Attribute
+    url: str
+    """The destination as a browser reads it: entities decoded, surrounding spaces trimmed."""
+
+    @property
+    def opted_out(self) -> bool:
+        attribute = self.tag.get("clicktracking")
+        return attribute is not None and (attribute.value or "").strip().lower() == "off"
+
+
+def is_http(url: str) -> bool:
+    """An absolute http(s) URL with a host and no control characters."""
+    return bool(_HTTP.match(url)) and not _CONTROL.search(url)
+
+
+def has_placeholder(text: str) -> bool:
+    return bool(_PLACEHOLDER.search(text))
+
+
+def links(source: str) -> Iterator[Link]:
+    """Every href of a link-bearing tag, in document order."""
+    for tag in scan_tags(source):
+        if tag.name in ("a", "area") or tag.name.startswith("v:"):
+            href = tag.get("href")
+            if href is not None and href.value is not None:
+                # As browsers do (URL standard): tabs and newlines inside a URL are dropped.
+                yield Link(tag, href, _TAB_OR_NEWLINE.sub("", href.value.strip()))
+
+
+def is_own(url: str, tracking_base_url: str) -> bool:
+    base = tracking_base_url.rstrip("/").lower()
+    lowered = url.lower()
+    return any(lowered.startswith(base + path) for path in ("/t/", "/i/"))
+
+
+def trackable(link: Link, tracking_base_url: str) -> bool:
+    """Whether click tracking rewrites this link."""
+    return (
+        is_http(link.url)
+        and not link.opted_out
+        and not has_placeholder(link.href.raw_value or "")
+        and not is_own(link.url, tracking_base_url)
+    )
+
+
+def add_destination_transform(state: dict[str, Any], transform: DestinationTransform) -> None:
+    state.setdefault(_TRANSFORMS, []).append(transform)
+
+
+def destination(state: dict[str, Any], url: str) -> str:
+    """Where ``url`` should finally lead, after every registered transform."""
+    for transform in state.get(_TRANSFORMS, ()):
+        url = transform(url)
+    return url
+
+
+def attribute_text(value: str, quote: str) -> str:
+    """``value`` written for an attribute value delimited by ``quote`` (or unquoted)."""
+    text = value.replace("&", "&amp;")
+    if quote == '"':
+        return text.replace('"', "&quot;")
+    if quote == "'":
+        return text.replace("'", "&#39;")
+    # Unquoted: nothing that would end the value or the tag may appear.
+    for char, escaped in (
+        (" ", "%20"),
+        ('"', "%22"),
+        ("'", "%27"),
+        ("<", "%3C"),
+        (">", "%3E"),
+        ("`", "%60"),
+        ("=", "%3D"),
+    ):
+        text = text.replace(char, escaped)
+    return text
