@@ -85,18 +85,29 @@ def _parse_attributes(source: str, pos: int) -> tuple[list[Attribute], int]:
                 close = source.find(quote, pos + 1)
                 if close == -1:
                     close = length
-                attributes.append(Attribute(name, name_start, min(close + 1, length), pos + 1,
-                                            close, source[pos + 1 : close], quote))
+                attributes.append(
+                    Attribute(
+                        name,
+                        name_start,
+                        min(close + 1, length),
+                        pos + 1,
+                        close,
+                        source[pos + 1 : close],
+                        quote,
+                    )
+                )
                 pos = close + 1
             else:
                 value_start = pos
                 while pos < length and source[pos] not in _SPACE and source[pos] != ">":
                     pos += 1
-                attributes.append(Attribute(name, name_start, pos, value_start, pos,
-                                            source[value_start:pos], ""))
+                attributes.append(
+                    Attribute(name, name_start, pos, value_start, pos, source[value_start:pos], "")
+                )
         else:
-            attributes.append(Attribute(name, name_start, after_name, after_name, after_name,
-                                        None, ""))
+            attributes.append(
+                Attribute(name, name_start, after_name, after_name, after_name, None, "")
+            )
             pos = after_name
     return attributes, length
 

@@ -35,8 +35,11 @@ def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 @pytest.fixture
 def config(tmp_path) -> Path:
+    document = base_document(tmp_path / "data")
+    # Open tracking only, so the expected output is the input plus one pixel.
+    document["tenants"]["acme"]["tracking"] = {"click_tracking": {"enable": False}}
     path = tmp_path / "scaisend.yaml"
-    path.write_text(yaml.safe_dump(base_document(tmp_path / "data")))
+    path.write_text(yaml.safe_dump(document))
     return path
 
 
