@@ -238,7 +238,10 @@ class EventBus:
         sync_interval: float = 0.02,
         max_backoff: float = 30.0,
         compact_bytes: int = 64 << 20,
+        enrich: Callable[[Sequence[Event]], Sequence[Event]] | None = None,
     ) -> None:
+        """``enrich`` turns each batch read from the journal into what sinks receive; it is
+        called from every sink's thread and must be idempotent (see core.enrichment)."""
         names = [sink.name for sink in sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
@@ -252,6 +255,7 @@ class EventBus:
         self._sync_interval = sync_interval
         self._max_backoff = max_backoff
         self._compact_bytes = compact_bytes
+        self._enrich = enrich
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -334,7 +338,7 @@ class EventBus:
             events, new_offset = self.journal.read(offset, self._batch_bytes)
             if events:
                 try:
-                    state.sink.write_batch(events)
+                    state.sink.write_batch(self._enrich(events) if self._enrich else events)
                 except Exception as exc:  # noqa: BLE001 - the batch is retried, never dropped
                     state.failures += 1
                     state.last_error = repr(exc)

@@ -15,6 +15,7 @@ import structlog
 from quart import current_app
 
 from core.config import Config, ConfigError, ConfigProblem, Tenant, build_config, load_document
+from core.enrichment import EventEnricher
 from core.events import Event, EventBus, Journal
 from core.features import Feature, OrderedFeatures
 from core.overrides import StoredOverrides
@@ -178,6 +179,7 @@ class Runtime:
                 f"{config.node_id}.{role}" if role else config.node_id,
             ),
             runtime._build_sinks(),
+            enrich=EventEnricher(db),
         )
         return runtime
 

@@ -4,6 +4,7 @@ from core.storage.database import connect_database, migrate, ping
 from core.storage.models import (
     MODELS,
     EventRecord,
+    FirstInteraction,
     Message,
     MessageRecipient,
     TenantSettings,
@@ -13,6 +14,7 @@ from core.storage.models import (
 __all__ = [
     "MODELS",
     "EventRecord",
+    "FirstInteraction",
     "Message",
     "MessageRecipient",
     "TenantSettings",

@@ -10,7 +10,15 @@ import peewee as pw
 import structlog
 from playhouse.db_url import connect
 
-from core.storage.models import MODELS, BaseModel, database_proxy
+from core.storage.models import (
+    BaseModel,
+    EventRecord,
+    FirstInteraction,
+    Message,
+    MessageRecipient,
+    TenantSettings,
+    database_proxy,
+)
 
 log = structlog.get_logger("scaisend.storage")
 
@@ -35,10 +43,14 @@ Migration = Callable[[pw.Database], None]
 
 
 def _initial(db: pw.Database) -> None:
-    db.create_tables(MODELS, safe=True)
+    db.create_tables([TenantSettings, Message, MessageRecipient, EventRecord], safe=True)
 
 
-MIGRATIONS: Sequence[Migration] = (_initial,)
+def _first_interactions(db: pw.Database) -> None:
+    db.create_tables([FirstInteraction], safe=True)
+
+
+MIGRATIONS: Sequence[Migration] = (_initial, _first_interactions)
 """Applied in order; index + 1 is the schema version a migration brings the database to."""
 
 

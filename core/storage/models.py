@@ -74,4 +74,29 @@ class EventRecord(BaseModel):
         indexes = ((("tenant", "type", "timestamp"), False),)
 
 
-MODELS: tuple[type[BaseModel], ...] = (TenantSettings, Message, MessageRecipient, EventRecord)
+class FirstInteraction(BaseModel):
+    """The first event of a kind for one recipient and key (an open; a click on one URL).
+
+    Whichever process inserts the row first owns the "unique" interaction; later ones see its
+    event id and count theirs as repeats, so every node sharing the database agrees.
+    """
+
+    message_id = pw.CharField(max_length=64)
+    recipient_number = pw.IntegerField()
+    kind = pw.CharField(max_length=64)
+    key_hash = pw.CharField(max_length=64)
+    event_id = pw.CharField(max_length=64)
+    at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "first_interactions"
+        primary_key = pw.CompositeKey("message_id", "recipient_number", "kind", "key_hash")
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    TenantSettings,
+    Message,
+    MessageRecipient,
+    EventRecord,
+    FirstInteraction,
+)

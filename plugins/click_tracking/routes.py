@@ -49,6 +49,7 @@ async def click(token: str) -> Response:
                 data={
                     "recipient_number": claims.recipient,
                     "url": target,
+                    "dedupe_key": target,  # one unique click per recipient and URL
                     "user_agent": request.headers.get("User-Agent"),
                     "ip": client_ip(
                         request.remote_addr,

@@ -35,6 +35,7 @@ async def pixel(token: str) -> Response:
                     message_id=claims.message_id,
                     data={
                         "recipient_number": claims.recipient,
+                        "dedupe_key": "",  # the first open of each recipient is the unique one
                         "user_agent": request.headers.get("User-Agent"),
                         "ip": client_ip(
                             request.remote_addr,

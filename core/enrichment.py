@@ -1,0 +1,163 @@
+"""Facts only the database knows, added to events after they are journaled, before sinks.
+
+Tracking routes answer without touching the database, so the event they journal says which
+recipient *number* of which message it concerns, nothing more. Before any sink sees it, this
+step adds, in one transaction per batch:
+
+- ``recipient``: the address that number stands for;
+- ``data.unique``: for events that carry ``data.dedupe_key`` (opens: ``""``; clicks: the URL),
+  whether this is the first such event for that recipient, decided by a primary key that every
+  process sharing the database respects;
+- the first-open time of the message recipient, set by its first unique ``open``.
+
+It is idempotent: an event processed again (after a crash, or for a second sink) gets the same
+answer, because the first interaction remembers which event it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import peewee as pw
+
+from core.events import Event
+from core.storage import FirstInteraction, MessageRecipient
+
+DEDUPE_KEY = "dedupe_key"
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class EventEnricher:
+    """Called by every sink's thread on each batch; the work is done once per event."""
+
+    def __init__(self, db: pw.Database, cache_size: int = 50_000) -> None:
+        self.db = db
+        self._cache: OrderedDict[str, Event] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def __call__(self, events: Sequence[Event]) -> list[Event]:
+        with self._lock:
+            missing = [event for event in events if event.id not in self._cache]
+            if missing:
+                for event in self._enrich(missing):
+                    self._cache[event.id] = event
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            return [self._cache[event.id] for event in events]
+
+    def _enrich(self, events: list[Event]) -> list[Event]:
+        relevant = [e for e in events if e.message_id is not None and "recipient_number" in e.data]
+        if not relevant:
+            return events
+        self.db.connect(reuse_if_open=True)
+        with self.db.atomic():
+            emails = self._emails(relevant)
+            firsts = self._first_interactions(relevant)
+            self._record_first_opens(relevant, firsts)
+        relevant_ids = {event.id for event in relevant}
+        result = []
+        for event in events:
+            if event.id not in relevant_ids:
+                result.append(event)
+                continue
+            key = (event.message_id, event.data["recipient_number"])
+            changes: dict[str, Any] = {}
+            if event.recipient is None and key in emails:
+                changes["recipient"] = emails[key]
+            if DEDUPE_KEY in event.data:
+                first = firsts.get(self._interaction(event))
+                changes["data"] = {**event.data, "unique": first == event.id}
+            result.append(dataclasses.replace(event, **changes) if changes else event)
+        return result
+
+    @staticmethod
+    def _interaction(event: Event) -> tuple[str, int, str, str]:
+        assert event.message_id is not None
+        return (
+            event.message_id,
+            int(event.data["recipient_number"]),
+            event.type,
+            _key_hash(str(event.data[DEDUPE_KEY])),
+        )
+
+    def _emails(self, events: list[Event]) -> dict[tuple[str | None, Any], str]:
+        wanted = {e.message_id for e in events if e.recipient is None}
+        if not wanted:
+            return {}
+        rows = cast(
+            Iterable[tuple[str, int, str]],
+            MessageRecipient.select(
+                MessageRecipient.message, MessageRecipient.number, MessageRecipient.email
+            )
+            .where(MessageRecipient.message.in_(sorted(wanted)))
+            .tuples(),
+        )
+        return {(message, number): email for message, number, email in rows}
+
+    def _first_interactions(self, events: list[Event]) -> dict[tuple[str, int, str, str], str]:
+        candidates = [e for e in events if DEDUPE_KEY in e.data]
+        if not candidates:
+            return {}
+        rows: dict[tuple[str, int, str, str], Event] = {}
+        for event in sorted(candidates, key=lambda e: e.timestamp):
+            rows.setdefault(self._interaction(event), event)
+        FirstInteraction.insert_many(
+            [
+                {
+                    "message_id": key[0],
+                    "recipient_number": key[1],
+                    "kind": key[2],
+                    "key_hash": key[3],
+                    "event_id": event.id,
+                    "at": event.timestamp.replace(tzinfo=None),
+                }
+                for key, event in rows.items()
+            ]
+        ).on_conflict_ignore().execute()
+        stored = cast(
+            Iterable[tuple[str, int, str, str, str]],
+            FirstInteraction.select(
+                FirstInteraction.message_id,
+                FirstInteraction.recipient_number,
+                FirstInteraction.kind,
+                FirstInteraction.key_hash,
+                FirstInteraction.event_id,
+            )
+            .where(
+                FirstInteraction.message_id.in_(sorted({key[0] for key in rows}))
+                & FirstInteraction.kind.in_(sorted({key[2] for key in rows}))
+            )
+            .tuples(),
+        )
+        return {
+            (message, number, kind, key_hash): event_id
+            for message, number, kind, key_hash, event_id in stored
+            if (message, number, kind, key_hash) in rows
+        }
+
+    def _record_first_opens(
+        self, events: list[Event], firsts: dict[tuple[str, int, str, str], str]
+    ) -> None:
+        for event in events:
+            if event.type != "open" or DEDUPE_KEY not in event.data:
+                continue
+            if firsts.get(self._interaction(event)) != event.id:
+                continue
+            (
+                MessageRecipient.update(first_open_at=event.timestamp.replace(tzinfo=None))
+                .where(
+                    (MessageRecipient.message == event.message_id)
+                    & (MessageRecipient.number == event.data["recipient_number"])
+                    & (MessageRecipient.first_open_at.is_null())
+                )
+                .execute()
+            )
