@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# Patterns end in \Z, not $: Python's $ also matches before a final newline, which would let
+# a trailing line break through into a header.
 # A pragmatic address check: one @, no spaces, angle brackets, quotes or line breaks. The
 # domain may be an IDN; the envelope encodes it when the message is built.
-EMAIL_PATTERN = r"^[^@\s<>()\[\],;:\"\\]{1,64}@[^@\s<>()\[\],;:\"\\]+\.[^@\s<>()\[\],;:\"\\.]+$"
-NO_LINE_BREAKS = r"^[^\r\n]*$"
-HEADER_NAME = r"^[!-9;-~]{1,76}$"
+EMAIL_PATTERN = r"^[^@\s<>()\[\],;:\"\\]{1,64}@[^@\s<>()\[\],;:\"\\]+\.[^@\s<>()\[\],;:\"\\.]+\Z"
+NO_LINE_BREAKS = r"^[^\r\n]*\Z"
+HEADER_NAME = r"^[!-9;-~]{1,76}\Z"
 
 # Headers ScaiSend writes itself; a send may not set them.
 RESERVED_HEADERS = frozenset(
@@ -128,7 +130,7 @@ SEND_SCHEMA: dict[str, Any] = {
                     "content": {"type": "string", "minLength": 1},
                     "type": {
                         "type": "string",
-                        "pattern": r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$",
+                        "pattern": r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+\Z",
                     },
                     "filename": {
                         "type": "string",
@@ -140,7 +142,7 @@ SEND_SCHEMA: dict[str, Any] = {
                     "content_id": {
                         "type": "string",
                         "maxLength": 255,
-                        "pattern": r"^[^\s<>]+$",
+                        "pattern": r"^[^\s<>]+\Z",
                     },
                 },
             },

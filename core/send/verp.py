@@ -38,7 +38,8 @@ class VerpCodec:
 
     def parse(self, local_part: str) -> tuple[str, int] | None:
         """``(message_id, recipient)`` from a VERP local part, or ``None`` if it is not ours."""
-        if local_part[:1].lower() != PREFIX or len(local_part) != 49:
+        # ASCII only: dotless i upper-cases to "I", so a look-alike spelling would decode.
+        if not local_part.isascii() or local_part[:1].lower() != PREFIX or len(local_part) != 49:
             return None
         try:
             raw = base64.b32decode(local_part[1:].upper())
