@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,10 +26,12 @@ from core.storage.models import (
 log = structlog.get_logger("scaisend.storage")
 
 SQLITE_PRAGMAS = {
+    # First, so that every later pragma (switching a new file to WAL takes a write lock) waits
+    # for a concurrent opener instead of failing.
+    "busy_timeout": 10_000,
     "journal_mode": "wal",
     # FULL: a committed transaction survives power loss, not only a crash of the process.
     "synchronous": "full",
-    "busy_timeout": 10_000,
     "foreign_keys": 1,
 }
 
@@ -54,6 +59,21 @@ MIGRATIONS: Sequence[Migration] = (_initial, _first_interactions)
 """Applied in order; index + 1 is the schema version a migration brings the database to."""
 
 
+def _ensure_wal(path: Path) -> None:
+    """Switch a new database file to WAL, one process at a time.
+
+    Changing the journal mode needs an exclusive lock that SQLite does not wait for, so
+    servers opening one new file at once would fail with "database is locked". The mode is
+    stored in the file: once set, every later connection's pragma is a no-op.
+    """
+    with (
+        open(path.with_name(path.name + ".lock"), "a") as lock,
+        contextlib.closing(sqlite3.connect(path, timeout=10)) as connection,
+    ):
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        connection.execute("PRAGMA journal_mode = wal")
+
+
 def connect_database(url: str) -> pw.Database:
     """Open ``url`` (``sqlite:///path`` or ``postgresql://...``) and bind every model to it."""
     parsed = urlparse(url)
@@ -61,6 +81,7 @@ def connect_database(url: str) -> pw.Database:
         path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _ensure_wal(Path(path))
         db = pw.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS)
     elif parsed.scheme in {"postgres", "postgresql"}:
         scheme_rest = url.split("://", 1)[1]
@@ -77,7 +98,10 @@ def migrate(db: pw.Database, extra_models: Sequence[type[pw.Model]] = ()) -> int
     Safe to run from several processes at once: PostgreSQL serialises the work on an advisory
     lock, SQLite on its write lock.
     """
-    with db.connection_context(), db.atomic():
+    # SQLite: take the write lock up front; a deferred transaction that later upgrades its
+    # read lock fails at once with "database is locked" instead of waiting its turn.
+    atomic = db.atomic("IMMEDIATE") if isinstance(db, pw.SqliteDatabase) else db.atomic()
+    with db.connection_context(), atomic:
         if isinstance(db, pw.PostgresqlDatabase):
             db.execute_sql("SELECT pg_advisory_xact_lock(727274)")  # type: ignore[no-untyped-call]
         db.create_tables([SchemaVersion], safe=True)
