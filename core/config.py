@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import structlog
 import yaml
 
 from core.features import OrderedFeatures
-from core.schema import build_schema, fill_defaults
+from core.schema import CORE_SERVER_PROPERTIES, build_schema, fill_defaults
 from core.sinks import SinkType
 from core.transports import TransportType
 
@@ -167,7 +168,9 @@ def read_yaml(path: Path) -> Any:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem("", f"{path} is not valid YAML: {exc}")]) from exc
+        raise ConfigError(
+            [ConfigProblem("", f"{path} is not valid YAML: {_yaml_reason(exc)}")]
+        ) from exc
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -177,49 +180,161 @@ def read_yaml(path: Path) -> Any:
     return document
 
 
-def validate(document: Any, schema: Mapping[str, Any]) -> list[ConfigProblem]:
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = []
-    for error in sorted(
-        validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path]
-    ):
-        path = ".".join(str(part) for part in error.absolute_path)
-        value = error.instance if error.absolute_path else None
-        if _is_secret_path(path):
-            value = "***"
-        problems.append(
-            ConfigProblem(
-                path, error.message if value != "***" else _redacted_message(error), value
-            )
-        )
-    return problems
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's snippet of the line (it may hold a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        reason = exc.problem or exc.context or "syntax error"
+        if mark is not None:
+            return f"{reason} at line {mark.line + 1}, column {mark.column + 1}"
+        return reason
+    return type(exc).__name__
+
+
+SECRET_KEYS = ("secret", "private_key", "api_keys", "database_url")
+"""Configuration keys whose values never appear in an error message."""
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and any(word in key for word in SECRET_KEYS)
 
 
 def _is_secret_path(path: str) -> bool:
-    return any(word in path for word in ("secret", "private_key", "api_keys"))
+    return any(_is_secret_key(part) for part in path.split("."))
+
+
+def _redact(value: Any) -> Any:
+    """``value`` with everything under a secret key replaced by ``***``."""
+    if isinstance(value, Mapping):
+        return {k: "***" if _is_secret_key(k) else _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _secret_strings(value: Any, inside: bool = False) -> set[str]:
+    """Every non-empty string found under a secret key of ``value``."""
+    found: set[str] = set()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found |= _secret_strings(item, inside or _is_secret_key(key))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found |= _secret_strings(item, inside)
+    elif inside and isinstance(value, str) and value:
+        found.add(value)
+    return found
 
 
 def _redacted_message(error: jsonschema.ValidationError) -> str:
     return f"fails '{error.validator}' ({error.validator_value!r})"
 
 
+def validate(document: Any, schema: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Every schema violation of ``document``, each with its dotted path; secrets redacted."""
+    validator = jsonschema.Draft202012Validator(schema)
+    secrets_in_document = _secret_strings(document)
+    problems = []
+    for error in validator.iter_errors(document):
+        problems.extend(_problems_of(error, secrets_in_document))
+    return sorted(problems, key=lambda problem: problem.path)
+
+
+def _problems_of(
+    error: jsonschema.ValidationError, secrets_in_document: set[str]
+) -> list[ConfigProblem]:
+    parts = [str(part) for part in error.absolute_path]
+    schema_path = list(error.schema_path)
+    if (
+        error.validator == "additionalProperties"
+        and error.validator_value is False
+        and isinstance(error.instance, Mapping)
+    ):
+        # One problem per unknown key, at the key's own path.
+        subschema = error.schema if isinstance(error.schema, Mapping) else {}
+        known = subschema.get("properties", {})
+        patterns = list(subschema.get("patternProperties", {}))
+        allowed = ", ".join(sorted(known)) or "none"
+        unknown = [
+            key
+            for key in error.instance
+            if key not in known and not any(re.search(pattern, str(key)) for pattern in patterns)
+        ]
+        problems = []
+        for key in unknown:
+            key_path = ".".join([*parts, str(key)])
+            value = "***" if _is_secret_path(key_path) else _redact(error.instance[key])
+            problems.append(ConfigProblem(key_path, f"unknown key (allowed: {allowed})", value))
+        return problems
+    if len(schema_path) >= 2 and schema_path[-2] == "propertyNames":
+        # The offending name is the instance; report it where it is.
+        return [
+            ConfigProblem(
+                ".".join([*parts, str(error.instance)]),
+                f"invalid name: {error.message}",
+                error.instance,
+            )
+        ]
+    path = ".".join(parts)
+    if _is_secret_path(path):
+        return [ConfigProblem(path, _redacted_message(error), "***")]
+    value = _redact(error.instance) if parts else None
+    message = error.message
+    if value != error.instance and parts:
+        message = message.replace(repr(error.instance), repr(value))
+    if any(secret in message for secret in secrets_in_document):
+        message = _redacted_message(error)
+    return [ConfigProblem(path, message, value)]
+
+
+_GENERATED_KEYS = ("signing_key", "admin_jwt_secret", "api_key")
+
+
 def generated_secrets(data_dir: Path) -> dict[str, str]:
-    """Secrets for the embedded default, created once and kept in the data directory."""
+    """Secrets for the embedded default, created once and kept in the data directory.
+
+    The file (mode 0600) appears whole or not at all, and when several processes start at
+    once exactly one set of secrets wins and all of them use it.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / SECRETS_FILE
-    if path.exists():
-        stored: dict[str, str] = json.loads(path.read_text())
-        return stored
-    created = {
-        "signing_key": secrets.token_urlsafe(32),
-        "admin_jwt_secret": secrets.token_urlsafe(32),
-        "api_key": "ss_" + secrets.token_urlsafe(32),
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(created, handle, indent=2)
-    log.warning("config.secrets_generated", path=str(path))
-    return created
+    if not path.exists():
+        created = {
+            "signing_key": secrets.token_urlsafe(32),
+            "admin_jwt_secret": secrets.token_urlsafe(32),
+            "api_key": "ss_" + secrets.token_urlsafe(32),
+        }
+        draft = data_dir / f".{SECRETS_FILE}.{secrets.token_hex(8)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(created, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(draft, path)  # atomic, and refuses to replace another process's file
+                log.warning("config.secrets_generated", path=str(path))
+            except FileExistsError:
+                pass
+        finally:
+            draft.unlink(missing_ok=True)
+    return _read_secrets(path)
+
+
+def _read_secrets(path: Path) -> dict[str, str]:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"cannot read the generated secrets in {path}: {exc}")]
+        ) from exc
+    if not isinstance(stored, dict) or not all(
+        isinstance(stored.get(key), str) and stored[key] for key in _GENERATED_KEYS
+    ):
+        raise ConfigError(
+            [ConfigProblem("", f"{path} is not a generated secrets file (keys: {_GENERATED_KEYS})")]
+        )
+    return {key: stored[key] for key in _GENERATED_KEYS}
 
 
 def embedded_document(data_dir: Path) -> dict[str, Any]:
@@ -260,9 +375,25 @@ def build_config(
         fill_defaults(resolved, schema)
         _fill_sink_defaults(resolved, sink_types)
         _fill_transport_defaults(resolved, transport_types)
-    problems.extend(validate(resolved, schema))
-    if not problems:
-        problems.extend(_check_semantics(resolved))
+    unset = [problem.path for problem in problems]
+    problems.extend(
+        problem
+        for problem in validate(resolved, schema)
+        # An unset variable is reported once, not again as a wrong value.
+        if not any(_is_under(problem.path, path) for path in unset)
+    )
+    problems.extend(_check_semantics(resolved))
+    env_base_url = environ.get(TRACKING_BASE_URL_ENV)
+    if env_base_url and not re.match(
+        CORE_SERVER_PROPERTIES["tracking_base_url"]["pattern"], env_base_url
+    ):
+        problems.append(
+            ConfigProblem(
+                f"${TRACKING_BASE_URL_ENV}",
+                "must be an http(s) URL without query or fragment",
+                env_base_url,
+            )
+        )
     if problems:
         raise ConfigError(problems)
     server = resolved["server"]
@@ -270,9 +401,9 @@ def build_config(
     if not data_dir.is_absolute():
         data_dir = (base_dir / data_dir).resolve()
     base_url = (
-        environ.get(TRACKING_BASE_URL_ENV)
+        env_base_url
         or server.get("tracking_base_url")
-        or f"http://{server['http']['host']}:{server['http']['port']}"
+        or f"http://{_url_host(server['http']['host'])}:{server['http']['port']}"
     )
     return Config(
         tracking_base_url=base_url.rstrip("/"),
@@ -327,6 +458,15 @@ def _fill_sink_defaults(document: dict[str, Any], sink_types: Sequence[SinkType]
             entry.setdefault("name", entry["type"])
 
 
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent + ".")
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it appears in a URL: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _default_bounce_domain(base_url: str) -> str:
     host = urlsplit(base_url).hostname or "localhost"
     is_address = host.replace(".", "").isdigit() or ":" in host
@@ -344,36 +484,62 @@ def _fill_transport_defaults(
                 fill_defaults(transport, transport_type.options_schema)
 
 
-def _check_semantics(document: dict[str, Any]) -> list[ConfigProblem]:
-    """What JSON Schema cannot say: uniqueness across lists and mappings."""
+def _items(document: Any, *path: str) -> list[tuple[int, dict[str, Any]]]:
+    """The mapping entries of the list at ``path``, with their indexes; [] if anything is off."""
+    for key in path:
+        document = document.get(key) if isinstance(document, dict) else None
+    if not isinstance(document, list):
+        return []
+    return [(index, item) for index, item in enumerate(document) if isinstance(item, dict)]
+
+
+def _check_semantics(document: Any) -> list[ConfigProblem]:
+    """What JSON Schema cannot say: uniqueness across lists and mappings.
+
+    Runs on documents that may also fail the schema, so every check looks before it reads.
+    """
     problems = []
-    server = document["server"]
-    key_ids = [key["id"] for key in server["signing_keys"]]
-    for index, key_id in enumerate(key_ids):
-        if key_ids.index(key_id) != index:
+    seen: set[Any] = set()
+    for index, key in _items(document, "server", "signing_keys"):
+        key_id = key.get("id")
+        if not isinstance(key_id, str):
+            continue
+        if key_id in seen:
             problems.append(
                 ConfigProblem(f"server.signing_keys.{index}.id", "key id is used twice", key_id)
             )
-    names = [sink["name"] for sink in server["sinks"]]
-    for index, name in enumerate(names):
-        if names.index(name) != index:
+        seen.add(key_id)
+    seen = set()
+    for index, sink in _items(document, "server", "sinks"):
+        name = sink.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in seen:
             problems.append(
                 ConfigProblem(
                     f"server.sinks.{index}.name", "sink name is used twice; give each a name", name
                 )
             )
+        seen.add(name)
     owners: dict[str, str] = {}
-    for tenant_id, tenant in document["tenants"].items():
-        for index, key in enumerate(tenant["api_keys"]):
+    tenants = document.get("tenants") if isinstance(document, dict) else None
+    for tenant_id, tenant in tenants.items() if isinstance(tenants, dict) else ():
+        keys = tenant.get("api_keys") if isinstance(tenant, dict) else None
+        for index, key in enumerate(keys if isinstance(keys, list) else ()):
+            if not isinstance(key, str):
+                continue
             if key in owners:
+                owner = owners[key]
                 problems.append(
                     ConfigProblem(
                         f"tenants.{tenant_id}.api_keys.{index}",
-                        f"API key is also a key of tenant {owners[key]!r}",
+                        "API key is listed twice"
+                        if owner == tenant_id
+                        else f"API key is also a key of tenant {owner!r}",
                         "***",
                     )
                 )
-            owners[key] = tenant_id
+            owners.setdefault(key, tenant_id)
     return problems
 
 
