@@ -1,0 +1,509 @@
+"""Pixel requests on loopback: a REAL ScaiSend server against a bare Quart app on Hypercorn.
+
+* ScaiSend: ``scaisend serve --config FILE --host 127.0.0.1 --port P`` as a subprocess, the
+  config built from ``core.testing.base_document`` with ``sinks: [database]`` (SQLite in a
+  temporary data directory). Every request carries a VALID token (one of 1,000 recipients of
+  one message, minted with ``TokenCodec`` over the config's signing key), so each one verifies
+  an HMAC and journals an ``open`` event, as in production.
+* Baseline: ``bench/_bare_pixel_app.py``, a Quart app answering the same route with the same
+  42-byte GIF and headers, served by Hypercorn the same way (one process, asyncio, logs off).
+
+1. Maximum throughput: ``wrk -t1 -c32 -d10s --latency`` with a Lua script cycling over the
+   1,000 token URLs, against each server in turn (after a 2 s warm-up), ``--repeats`` times,
+   interleaved; the best run of each counts.
+2. Latency at half of ScaiSend's maximum: an open-loop, rate-limited Python client (asyncio,
+   raw HTTP/1.1 keep-alive over up to 32 connections; wrk has no constant-rate mode). Each
+   request has a scheduled send time; one written late because every connection was busy
+   counts its latency from the scheduled time (coordinated omission corrected, as wrk2 does),
+   one written when due counts from when it was written. The same rate is sent to both servers.
+
+Every loop is bounded in time and count; only 127.0.0.1 is used; servers are killed in
+``finally``. Needs ``wrk`` on PATH (Debian: ``apt-get install wrk``); without it the maximum is
+measured with the Python client in closed loop (reported as such).
+
+    python bench/http_bench.py [--duration 10] [--connections 32] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import _common
+import yaml
+from _common import fmt_ratio, table
+
+from core.config import SigningKey
+from core.testing import base_document
+from core.tokens import TokenCodec
+
+HOST = "127.0.0.1"
+TOKENS = 1000
+GOAL_THROUGHPUT = 0.8
+GOAL_P99_MS = 5.0
+BENCH = Path(__file__).resolve().parent
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
+
+
+def start(name: str, argv: list[str], port: int, log: Path, env: dict | None = None) -> Server:
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        argv, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    handle.close()
+    server = Server(name, port, process, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()}")
+        with (
+            contextlib.suppress(OSError),
+            _opener().open(f"{server.base}/health", timeout=1) as response,
+        ):
+            if response.status == 200:
+                return server
+        time.sleep(0.1)
+    stop(server)
+    raise RuntimeError(f"{name} did not answer /health within 60 s:\n{log.read_text()}")
+
+
+def stop(server: Server, timeout: float = 20.0) -> None:
+    """SIGTERM (a graceful stop lets ScaiSend drain its sinks), then SIGKILL if need be."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(5)
+
+
+def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
+    with _opener().open(url, timeout=5) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+
+def lua_script(paths: list[str], target: Path) -> Path:
+    entries = ",\n".join(f'  "{p}"' for p in paths)
+    target.write_text(
+        "-- cycles over valid pixel URLs, one per request\n"
+        f"paths = {{\n{entries}\n}}\n"
+        "counter = 0\n"
+        "request = function()\n"
+        "  counter = counter + 1\n"
+        '  return wrk.format("GET", paths[(counter % #paths) + 1])\n'
+        "end\n"
+    )
+    return target
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip()).groups()
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True)
+    out = done.stdout
+    result = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "non2xx": int(m.group(1))
+        if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out))
+        else 0,
+        "errors": m.group(0).strip() if (m := re.search(r"Socket errors:.*", out)) else "",
+        "command": " ".join([*argv[:-3], "-s", "tokens.lua", url]),
+    }
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.MULTILINE)
+        result[f"p{pct}"] = _ms(match.group(1)) if match else float("nan")
+    return result
+
+
+# --- the Python client -----------------------------------------------------------------------
+
+
+async def _connection(host: str, port: int):
+    return await asyncio.open_connection(host, port)
+
+
+async def _exchange(reader, writer, request: bytes) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if match:
+        await reader.readexactly(int(match.group(1)))
+    return status
+
+
+async def load(
+    port: int, paths: list[str], *, rate: float | None, duration: float, connections: int
+) -> dict:
+    """Open loop at ``rate`` requests/s (``None``: closed loop, as fast as answers come)."""
+    requests = [f"GET {p} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode() for p in paths]
+    total = int(rate * duration) if rate else 10**9
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    late = 0
+    next_index = 0
+    clock = time.perf_counter
+    start = clock() + 0.2
+    deadline = start + duration
+
+    async def worker() -> None:
+        nonlocal next_index, errors, late
+        reader, writer = await _connection(HOST, port)
+        try:
+            while True:
+                index = next_index
+                if index >= total or clock() >= deadline:
+                    return
+                next_index += 1
+                if rate:
+                    scheduled = start + index / rate
+                    wait = scheduled - clock()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        origin = clock()  # written when due: count from the write
+                    else:
+                        origin = scheduled  # overdue (every connection was busy)
+                        late += 1
+                else:
+                    origin = clock()
+                try:
+                    status = await asyncio.wait_for(
+                        _exchange(reader, writer, requests[index % len(requests)]), 5
+                    )
+                except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                    errors += 1
+                    writer.close()
+                    reader, writer = await _connection(HOST, port)
+                    continue
+                latencies.append(clock() - origin)
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    began = clock()
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(connections))), duration + 30)
+    elapsed = clock() - max(began, start if rate else began)
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e3
+
+    return {
+        "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
+        "target": rate,
+        "p50": pct(50) if latencies else float("nan"),
+        "p99": pct(99) if latencies else float("nan"),
+        "max": latencies[-1] * 1e3 if latencies else float("nan"),
+        "errors": errors,
+        "late": late,
+        "non2xx": sum(n for s, n in statuses.items() if not 200 <= s < 400),
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def count_opens(database: Path) -> int | None:
+    try:
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            return db.execute("SELECT count(*) FROM events WHERE type = 'open'").fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2, help="max-throughput runs per server")
+    args = parser.parse_args()
+    duration = min(max(args.duration, 1.0), 120.0)
+    repeats = min(max(args.repeats, 1), 5)
+    wrk = shutil.which("wrk")
+
+    tmp = Path(tempfile.mkdtemp(prefix="scaisend-http-bench-"))
+    document = base_document(tmp / "data")
+    document["server"]["sinks"] = [{"type": "database"}]
+    config_path = tmp / "scaisend.yaml"
+    config_path.write_text(yaml.safe_dump(document))
+    key = document["server"]["signing_keys"][0]
+    codec = TokenCodec([SigningKey(key["id"], key["secret"].encode())])
+    message_id = uuid.uuid4().hex
+    paths = [f"/t/o/{codec.issue('acme', message_id, i)}.gif" for i in range(TOKENS)]
+    script = lua_script(paths, tmp / "tokens.lua")
+
+    scaisend_bin = Path(sys.executable).parent / "scaisend"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    servers: list[Server] = []
+    try:
+        port = free_port()
+        scaisend = start(
+            "ScaiSend",
+            [
+                str(scaisend_bin),
+                "--log-level",
+                "warning",
+                "serve",
+                "--config",
+                str(config_path),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+            ],
+            port,
+            tmp / "scaisend.log",
+            env,
+        )
+        servers.append(scaisend)
+        port = free_port()
+        bare = start(
+            "bare Quart + Hypercorn",
+            [
+                sys.executable,
+                str(BENCH / "_bare_pixel_app.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+            ],
+            port,
+            tmp / "bare.log",
+            env,
+        )
+        servers.append(bare)
+        report(args, duration, repeats, wrk, script, paths, scaisend, bare, tmp)
+    finally:
+        for server in servers:
+            stop(server)
+        answered = getattr(main, "answered", None)
+        opens = count_opens(tmp / "data" / "scaisend.db")
+        if answered is not None:
+            print(
+                f"ScaiSend answered {answered:,} valid pixel requests; after a graceful stop "
+                f"its database holds {opens if opens is not None else '?':,} open events "
+                "(each request journals one; the database sink catches up in the background)"
+            )
+        errors = (
+            [
+                line
+                for line in (tmp / "scaisend.log").read_text(errors="replace").splitlines()
+                if '"error"' in line or "Traceback" in line
+            ]
+            if (tmp / "scaisend.log").exists()
+            else []
+        )
+        if errors:
+            print(f"ScaiSend logged {len(errors)} error line(s), first: {errors[0][:300]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(_common.footer())
+
+
+def report(
+    args, duration, repeats, wrk, script, paths, scaisend: Server, bare: Server, tmp: Path
+) -> None:
+    # The two answer alike: same status, body and headers (but Date).
+    shapes = {}
+    for server in (scaisend, bare):
+        status, headers, body = fetch(server.base + paths[0])
+        shapes[server.name] = (
+            status,
+            len(body),
+            sorted((k.lower(), v) for k, v in headers.items() if k.lower() not in {"date"}),
+        )
+    answered = 1
+
+    max_rows = []
+    best: dict[str, dict] = {}
+    if wrk:
+        for server in (bare, scaisend):  # warm-up, not counted
+            result = run_wrk(server.base + paths[0], script, args.connections, 2)
+            answered += result["requests"] if server is scaisend else 0
+        for _ in range(repeats):
+            for server in (bare, scaisend):
+                result = run_wrk(server.base + paths[0], script, args.connections, duration)
+                answered += result["requests"] if server is scaisend else 0
+                max_rows.append((server.name, result))
+                if server.name not in best or result["rps"] > best[server.name]["rps"]:
+                    best[server.name] = result
+        method = best[scaisend.name]["command"]
+    else:
+        for _ in range(repeats):
+            for server in (bare, scaisend):
+                result = asyncio.run(
+                    load(
+                        server.port,
+                        paths,
+                        rate=None,
+                        duration=duration,
+                        connections=args.connections,
+                    )
+                )
+                answered += result["requests"] if server is scaisend else 0
+                max_rows.append((server.name, result))
+                if server.name not in best or result["rps"] > best[server.name]["rps"]:
+                    best[server.name] = result
+        method = f"Python closed-loop client, {args.connections} connections (wrk not found)"
+
+    half = best[scaisend.name]["rps"] / 2
+    half_rows = []
+    for server in (bare, scaisend):
+        result = asyncio.run(
+            load(server.port, paths, rate=half, duration=duration, connections=args.connections)
+        )
+        answered += result["requests"] if server is scaisend else 0
+        half_rows.append((server.name, result))
+    main.answered = answered
+
+    print(
+        f"Pixel requests (GET /t/o/<valid token>.gif, 1,000 tokens cycled) on {HOST}, "
+        f"{duration:g} s per run"
+    )
+    print()
+    print(f"1. Maximum throughput: {method}")
+    print()
+    rows = []
+    for name, result in max_rows:
+        rows.append(
+            (
+                name,
+                f"{result['rps']:,.0f}",
+                f"{result['p50']:.2f}",
+                f"{result['p99']:.2f}",
+                f"{result['requests']:,}",
+                result["non2xx"],
+                result.get("errors") or "-",
+            )
+        )
+    print(
+        table(["server", "requests/s", "p50 ms", "p99 ms", "requests", "non-2xx", "errors"], rows)
+    )
+    ratio = best[scaisend.name]["rps"] / best[bare.name]["rps"]
+    print()
+    print(
+        table(
+            ["best of each", "requests/s", "ScaiSend / bare"],
+            [
+                (bare.name, f"{best[bare.name]['rps']:,.0f}", ""),
+                (scaisend.name, f"{best[scaisend.name]['rps']:,.0f}", fmt_ratio(ratio)),
+            ],
+        )
+    )
+    print()
+    print(
+        f"2. Latency at half of ScaiSend's maximum ({half:,.0f} requests/s, open loop, "
+        f"Python asyncio client, up to {args.connections} connections), same rate to both"
+    )
+    print()
+    rows = []
+    for name, result in half_rows:
+        rows.append(
+            (
+                name,
+                f"{result['target']:,.0f}",
+                f"{result['rps']:,.0f}",
+                f"{result['p50']:.2f}",
+                f"{result['p99']:.2f}",
+                f"{result['max']:.1f}",
+                f"{result['requests']:,}",
+                result["late"],
+                result["errors"],
+                result["non2xx"],
+            )
+        )
+    print(
+        table(
+            [
+                "server",
+                "target/s",
+                "achieved/s",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "requests",
+                "sent late",
+                "errors",
+                "non-2xx",
+            ],
+            rows,
+        )
+    )
+    print()
+    print("Both answer alike (status, body bytes, headers but Date):")
+    for name, shape in shapes.items():
+        print(f"  {name:<24} {shape[0]} {shape[1]} bytes {shape[2]}")
+    print()
+    p99 = half_rows[1][1]["p99"]
+    print(
+        f"goal throughput ScaiSend >= {GOAL_THROUGHPUT:g}x bare: {fmt_ratio(ratio)} -> "
+        f"{'met' if ratio >= GOAL_THROUGHPUT else 'MISSED'}"
+    )
+    print(
+        f"goal p99 <= {GOAL_P99_MS:g} ms at half load: {p99:.2f} ms -> "
+        f"{'met' if p99 <= GOAL_P99_MS else 'MISSED'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
