@@ -5,7 +5,6 @@ from __future__ import annotations
 import binascii
 import email
 import email.policy
-import itertools
 import re
 from email.header import decode_header, make_header
 
@@ -14,8 +13,8 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from core.pipeline import Recipient, Template
-from core.send.compose import parse_submission
-from core.send.mime import EncodedBody, compile_message, encode_header_value
+from core.send.compose import Address, parse_submission
+from core.send.mime import EncodedBody, address_list, compile_message, encode_header_value
 
 # Text that exercises quoted-printable: every line-end style, trailing blanks, dot and "From "
 # lines, "=" signs, long unbroken runs and non-ASCII of every width.
@@ -51,15 +50,28 @@ body_text = st.lists(st.one_of(st.text(max_size=120), st.sampled_from(SPECIAL)),
 slot_text = st.one_of(
     st.text(max_size=80), st.lists(st.sampled_from(SPECIAL), max_size=4).map("".join)
 )
-# Characters str.splitlines() breaks at, besides CR and LF; covered by their own test.
-OTHER_LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-header_text = st.text(
-    alphabet=st.characters(
-        exclude_categories=("Cs",), exclude_characters="\r\n" + OTHER_LINE_BREAKS
+# Any text a header value may hold: no CR or LF, but every other character, including the
+# ones str.splitlines() also breaks at, "=?" sequences, runs of blanks and long words.
+header_text = st.lists(
+    st.one_of(
+        st.text(
+            alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"),
+            max_size=100,
+        ),
+        st.sampled_from(
+            [" ", "  ", "\t", "=?", "?=", "=?utf-8?q?x?=", "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"]
+        ),
+        st.text(alphabet="xyz", min_size=60, max_size=120),
     ),
-    max_size=300,
-)
+    max_size=6,
+).map("".join)
+# The same with every run of blanks cut to one (runs at a fold point have their own test).
+single_blank_text = header_text.map(lambda value: re.sub(" {2,}", " ", value))
 header_names = st.sampled_from(["Subject", "X-A", "X-Campaign-Description-Long-Name", "filename"])
+
+
+def _one_line_name(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def normalised(text: str) -> str:
@@ -81,24 +93,17 @@ def templates(draw):
     return literals, values
 
 
-def stamped_pieces(literals: list[str], values: list[str]) -> list[str]:
-    pieces = [literals[0]]
-    for value, literal in zip(values, literals[1:], strict=True):
-        pieces += [value, literal]
-    return pieces
-
-
-def splits_a_crlf(pieces: list[str]) -> bool:
-    pieces = [piece for piece in pieces if piece]
-    return any(a.endswith("\r") and b.startswith("\n") for a, b in itertools.pairwise(pieces))
-
-
 def unfold(value: str) -> str:
     return re.sub(r"\r\n(?=[ \t])", "", value)
 
 
 def decoded(value: str) -> str:
     return str(make_header(decode_header(unfold(value))))
+
+
+def as_read(value: str) -> str:
+    """A header value as a reader shows it: blanks right after the colon are not part of it."""
+    return value.lstrip(" ")
 
 
 # Bodies ------------------------------------------------------------------------------------
@@ -108,9 +113,6 @@ def decoded(value: str) -> str:
 @given(templates())
 def test_a_stamped_body_decodes_to_exactly_the_stamped_text(template):
     literals, values = template
-    pieces = stamped_pieces(literals, values)
-    # A CR ending one piece and an LF starting the next is covered by its own test below.
-    assume(not splits_a_crlf(pieces))
     compiled, recipient = template_of(literals, values)
     encoded = EncodedBody.compile(compiled).render(recipient)
 
@@ -123,6 +125,7 @@ def test_a_stamped_body_decodes_to_exactly_the_stamped_text(template):
     for line in lines:
         # Trailing blanks are stripped by some relays: they must be encoded.
         assert not line.endswith((b" ", b"\t"))
+        assert len(line) <= 76
 
 
 def test_every_recipient_gets_its_own_values_from_one_compiled_body():
@@ -164,13 +167,13 @@ def test_a_crlf_split_across_a_slot_stays_one_line_break(literals, values):
 
 
 @settings(max_examples=500, deadline=None)
-@given(header_names, header_text)
+@given(header_names, single_blank_text)
 def test_an_encoded_header_value_decodes_to_exactly_the_value(name, value):
     encoded = encode_header_value(name, value)
     assert encoded.isascii()
     assert "\n" not in encoded.replace("\r\n ", "").replace("\r\n\t", "")
     assert "\r" not in encoded.replace("\r\n ", "").replace("\r\n\t", "")
-    assert decoded(encoded) == value
+    assert as_read(decoded(encoded)) == as_read(value)
 
 
 @settings(max_examples=300, deadline=None)
@@ -179,6 +182,36 @@ def test_an_encoded_header_value_decodes_to_exactly_the_value(name, value):
 def test_an_encoded_header_never_has_a_line_over_78_characters(name, value):
     lines = f"{name}: {encode_header_value(name, value)}".split("\r\n")
     assert max(len(line) for line in lines) <= 78
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fold() drops the separator after an empty token: a run of blanks at a fold point "
+    "loses one and can leave a line of only white space",
+)
+@settings(max_examples=300, deadline=None)
+@given(header_names, header_text)
+@example("Subject", "0" * 68 + "   ")
+@example("Subject", "Sale! " + "x" * 63 + "   Now")
+def test_runs_of_blanks_survive_folding(name, value):
+    encoded = encode_header_value(name, value)
+    assert as_read(decoded(encoded)) == as_read(value)
+    # RFC 5322: no line of a folded header may consist of white space only.
+    assert all(line.strip(" \t") for line in encoded.split("\r\n")[1:])
+
+
+@pytest.mark.xfail(strict=True, reason="encoded words of one display name are never folded between")
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=256).map(_one_line_name), min_size=1, max_size=3))
+@example(["\u00e9" * 100])
+def test_address_headers_fold_to_78_characters(names):
+    addresses = [Address(f"r{n}@example.com", name or None) for n, name in enumerate(names)]
+    lines = f"To: {address_list('To', addresses)}".split("\r\n")
+    assert max(len(line) for line in lines) <= 78
+    parsed = email.message_from_bytes(
+        f"To: {address_list('To', addresses)}\r\n\r\n".encode(), policy=email.policy.default
+    )
+    assert [a.addr_spec for a in parsed["To"].addresses] == [a.email for a in addresses]
 
 
 @pytest.mark.parametrize(
@@ -196,7 +229,7 @@ def test_unicode_line_separators_in_a_header_value_survive_encoding(value):
 # Whole messages ----------------------------------------------------------------------------
 
 
-def submission_for(subject: str, text: str | None, html: str | None):
+def submission_for(text: str | None, html: str | None):
     content = [
         {"type": kind, "value": value}
         for kind, value in (("text/plain", text), ("text/html", html))
@@ -206,7 +239,7 @@ def submission_for(subject: str, text: str | None, html: str | None):
         {
             "personalizations": [{"to": [{"email": "ann@example.com", "name": "Änn"}]}],
             "from": {"email": "news@example.org", "name": "News"},
-            "subject": subject or "-",
+            "subject": "the subject template below is what is sent",
             "content": content,
         }
     )
@@ -217,7 +250,9 @@ optional_template = st.one_of(st.none(), templates().filter(lambda t: "".join(t[
 
 @settings(max_examples=200, deadline=None)
 @given(
-    subject=st.tuples(st.lists(header_text, min_size=1, max_size=3), st.lists(header_text)),
+    subject=st.tuples(
+        st.lists(single_blank_text, min_size=1, max_size=3), st.lists(single_blank_text)
+    ),
     text=optional_template,
     html=optional_template,
 )
@@ -225,9 +260,6 @@ def test_a_compiled_message_parses_to_the_exact_subject_and_bodies(subject, text
     assume(text is not None or html is not None)
     subject_literals, subject_values = subject
     subject_values = (subject_values + [""] * len(subject_literals))[: len(subject_literals) - 1]
-    for template in (text, html):
-        if template is not None:
-            assume(not splits_a_crlf(stamped_pieces(*template)))
     values = {}
     compiled = {}
     for kind, template in (("s", (subject_literals, subject_values)), ("t", text), ("h", html)):
@@ -245,7 +277,6 @@ def test_a_compiled_message_parses_to_the_exact_subject_and_bodies(subject, text
         values.update({f"{kind}{n}": v for n, v in enumerate(slot_values)})
     recipient = Recipient(0, "ann@example.com", "token", values)
     submission = submission_for(
-        "".join(subject_literals),
         "".join(text[0]) if text else None,
         "".join(html[0]) if html else None,
     )
@@ -271,7 +302,7 @@ def test_a_compiled_message_parses_to_the_exact_subject_and_bodies(subject, text
     assert str(message["To"]) == "Änn <ann@example.com>"
     head = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
     (subject_line,) = re.findall(rb"^Subject: (.*(?:\r\n[ \t].*)*)\r\n", head, re.MULTILINE)
-    assert decoded(subject_line.decode()) == compiled["s"].stamp(recipient)
+    assert as_read(decoded(subject_line.decode())) == as_read(compiled["s"].stamp(recipient))
 
     expected = {
         kind: normalised(compiled[key].stamp(recipient))

@@ -288,6 +288,46 @@ async def test_attachments_are_mixed_parts_that_decode_to_the_original_bytes(tmp
         assert message.get_body(("plain",)).get_content().startswith("Hello ")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="an RFC 2231 filename is written as one parameter, without continuations, so a "
+    "long non-ASCII name makes a header line over 998 bytes",
+)
+@pytest.mark.parametrize(
+    "filename",
+    [pytest.param("報告書" * 40 + ".pdf", id="cjk"), pytest.param("ü" * 251 + ".txt", id="latin")],
+)
+async def test_a_long_non_ascii_filename_stays_within_998_bytes_a_line(tmp_path, filename):
+    harness = harness_for(tmp_path)
+    body = minimal_body(attachments=[{"content": "aGk=", "filename": filename}])
+    async with harness.serving() as client:
+        response = await post(client, harness, body)
+        assert response.status_code == 202
+        (raw,) = await delivered_files(harness, (await response.get_json())["message_id"], 1)
+    _, attachment = parse_wire(raw).iter_parts()
+    assert attachment.get_filename() == filename
+    assert attachment.get_payload(decode=True) == b"hi"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a display name's encoded words are joined by spaces that are never folded, so "
+    "the longest accepted name makes a From or To line over 998 bytes",
+)
+async def test_the_longest_accepted_display_names_stay_within_998_bytes_a_line(tmp_path):
+    harness = harness_for(tmp_path)
+    sender, recipient = "\U0001f600" * 256, ("Zoë " * 64)[:256]
+    body = minimal_body(**{"from": {"email": "news@example.org", "name": sender}})
+    body["personalizations"][0]["to"][0]["name"] = recipient
+    async with harness.serving() as client:
+        response = await post(client, harness, body)
+        assert response.status_code == 202
+        (raw,) = await delivered_files(harness, (await response.get_json())["message_id"], 1)
+    message = parse_wire(raw)
+    assert message["From"].addresses[0].display_name == sender
+    assert message["To"].addresses[0].display_name == recipient.strip()
+
+
 async def test_bcc_recipients_get_a_copy_without_being_named_in_any(tmp_path):
     harness = harness_for(tmp_path)
     body = minimal_body()
