@@ -16,9 +16,11 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+    import peewee
     from quart import Blueprint
 
     from core.features import Feature
+    from core.inbound import InboundMessage
     from core.instrument import InstrumentContext
     from core.pipeline import StagedDocument
     from core.runtime import Runtime
@@ -75,6 +77,35 @@ def register_transports() -> Iterable[TransportType]:
     plugins are concatenated, and a type name offered twice keeps the first. The operator picks
     one with ``server.transport.type``; its options are validated as part of the configuration,
     and the factory is called once per process when the first message is sent.
+    """
+
+
+@hookspec
+def register_models() -> Iterable[type[peewee.Model]]:
+    """Declare the database tables this plugin keeps.
+
+    Called once, when the runtime opens the database, after core's own schema is migrated.
+    Returns peewee model classes declared on :data:`core.storage.database_proxy` (so they live
+    in the server's database, SQLite or PostgreSQL). Results of all plugins are concatenated;
+    each missing table is created (existing tables are left as they are, so a plugin that
+    changes a table ships its own migration). A plugin that raises keeps no tables, and its
+    routes will answer as their own error handling says.
+    """
+
+
+@hookspec(firstresult=True)
+def handle_inbound_mail(message: InboundMessage, runtime: Runtime) -> Any:
+    """Claim and process one message received on the inbound SMTP port. May be async.
+
+    Called once per accepted message (after the SMTP ``DATA`` has been received in full and
+    before the reply to it is sent), for each implementation in turn until one returns a
+    result that is not ``None``. ``message`` holds the envelope (client address, ``MAIL FROM``,
+    ``RCPT TO`` list) and the raw bytes. Return ``None`` to leave the message to the next
+    plugin; return a short string naming what was done (``"bounce"``, ``"complaint"``,
+    ``"ignored"``...) to claim it. The SMTP client is answered 250 once a plugin has claimed it
+    and the effects are durable; a message no plugin claims is kept in the data directory's
+    ``inbound/unclaimed/`` and logged. A plugin that raises or overruns its budget is logged,
+    the next one is tried, and if none succeeds the client gets 451 (try again later).
     """
 
 

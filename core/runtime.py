@@ -23,6 +23,7 @@ from core.plugins import Implementation, PluginHost, build_plugin_manager
 from core.settings import SettingsLayers, deep_merge
 from core.sinks import Sink, SinkType
 from core.storage import connect_database, migrate
+from core.suppressions import SuppressionStore
 from core.tokens import TokenCodec
 from core.transports import Transport, TransportType
 
@@ -71,6 +72,21 @@ class Plugins:
             _by_type(host, "register_sinks", SinkType),
             _by_type(host, "register_transports", TransportType),
         )
+
+    def models(self) -> list[type[pw.Model]]:
+        """The tables plugins declared through ``register_models``."""
+        found: list[type[pw.Model]] = []
+        for impl, model in self.host.collect("register_models"):
+            if isinstance(model, type) and issubclass(model, pw.Model):
+                found.append(model)
+            else:
+                log.error(
+                    "plugin.failed",
+                    hook="register_models",
+                    plugin=impl.plugin_name,
+                    error=f"returned {model!r}, not a peewee model class",
+                )
+        return found
 
     def reordered(self, order: Mapping[str, int], budget: float) -> Plugins:
         try:
@@ -148,6 +164,7 @@ class Runtime:
     tokens: TokenCodec
     settings: SettingsLayers
     overrides: StoredOverrides
+    suppressions: SuppressionStore
     bus: EventBus | None = None
     _transport: Transport | None = field(default=None, repr=False)
     _api_keys: dict[bytes, str] = field(default_factory=dict, repr=False)
@@ -161,7 +178,7 @@ class Runtime:
         """
         config.data_dir.mkdir(parents=True, exist_ok=True)
         db = connect_database(config.database_url)
-        migrate(db)
+        migrate(db, plugins.models())
         runtime = cls(
             config=config,
             plugins=plugins,
@@ -169,6 +186,7 @@ class Runtime:
             tokens=TokenCodec(config.signing_keys),
             settings=SettingsLayers(plugins.features),
             overrides=StoredOverrides(db),
+            suppressions=SuppressionStore(db),
         )
         for tenant in config.tenants.values():
             for key in tenant.api_keys:

@@ -33,6 +33,7 @@ TABLES = {
     "message_recipients",
     "events",
     "first_interactions",
+    "suppressions",
 }
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

@@ -19,6 +19,7 @@ from core.storage.models import (
     FirstInteraction,
     Message,
     MessageRecipient,
+    Suppression,
     TenantSettings,
     database_proxy,
 )
@@ -55,7 +56,11 @@ def _first_interactions(db: pw.Database) -> None:
     db.create_tables([FirstInteraction], safe=True)
 
 
-MIGRATIONS: Sequence[Migration] = (_initial, _first_interactions)
+def _suppressions(db: pw.Database) -> None:
+    db.create_tables([Suppression], safe=True)
+
+
+MIGRATIONS: Sequence[Migration] = (_initial, _first_interactions, _suppressions)
 """Applied in order; index + 1 is the schema version a migration brings the database to."""
 
 

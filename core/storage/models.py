@@ -93,10 +93,32 @@ class FirstInteraction(BaseModel):
         primary_key = pw.CompositeKey("message_id", "recipient_number", "kind", "key_hash")
 
 
+NO_GROUP = 0
+"""``group_id`` of suppression lists that are not per group (non-null keeps the key unique)."""
+
+
+class Suppression(BaseModel):
+    """One address on one list of one tenant."""
+
+    tenant = pw.CharField(max_length=128)
+    kind = pw.CharField(max_length=32)
+    group_id = pw.IntegerField(default=NO_GROUP)
+    email = pw.CharField(max_length=320)
+    reason = pw.TextField(null=True)
+    data = pw.JSONField(default=dict)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "suppressions"
+        primary_key = pw.CompositeKey("tenant", "kind", "group_id", "email")
+        indexes = ((("tenant", "email"), False),)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     TenantSettings,
     Message,
     MessageRecipient,
     EventRecord,
     FirstInteraction,
+    Suppression,
 )
