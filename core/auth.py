@@ -5,10 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import jwt
 
 from core.config import AdminJwt
+
+if TYPE_CHECKING:
+    from core.config import Tenant
+    from core.runtime import Runtime
 
 ADMIN_AUDIENCE = "scaisend:admin"
 
@@ -98,3 +103,16 @@ def verify_admin_token(settings: AdminJwt, token: str, tenant: str) -> AdminClai
         subject=str(claims.get("sub", "")),
         expires=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
     )
+
+
+def tenant_for_request(runtime: Runtime, authorization: str | None) -> Tenant:
+    """The tenant whose API key is the request's bearer token; :class:`AuthError` (401) if none.
+
+    Every tenant API (sending, suppressions, images...) authenticates this way, and a route
+    then only ever reads or writes the returned tenant's data.
+    """
+    key = bearer(authorization)
+    tenant = runtime.tenant_for_api_key(key)
+    if tenant is None:
+        raise AuthError(401, "invalid API key")
+    return tenant

@@ -9,7 +9,7 @@ import structlog
 from quart import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from core.auth import AuthError, bearer
+from core.auth import AuthError, tenant_for_request
 from core.runtime import current_runtime
 from core.send.compose import FieldError, SendError
 from core.send.service import SendService
@@ -35,12 +35,9 @@ def service() -> SendService:
 async def send() -> tuple[Response, int]:
     runtime = current_runtime()
     try:
-        key = bearer(request.headers.get("Authorization"))
+        tenant = tenant_for_request(runtime, request.headers.get("Authorization"))
     except AuthError as exc:
-        return _errors(401, FieldError(None, exc.message))
-    tenant = runtime.tenant_for_api_key(key)
-    if tenant is None:
-        return _errors(401, FieldError(None, "invalid API key"))
+        return _errors(exc.status, FieldError(None, exc.message))
     structlog.contextvars.bind_contextvars(tenant=tenant.id)
 
     try:
