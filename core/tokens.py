@@ -45,7 +45,13 @@ def _b64encode(raw: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes ``text`` encodes, only if ``text`` is exactly how :func:`_b64encode` writes
+    them: the lenient decoder skips stray characters and ignores a last character's unused
+    bits, and a changed token must never verify."""
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(raw) != text:
+        raise ValueError("not the canonical encoding")
+    return raw
 
 
 def _field(raw: bytes, pos: int) -> tuple[bytes, int]:
@@ -133,6 +139,8 @@ class TokenCodec:
 
     def check_binding(self, binding: str, *parts: str) -> bool:
         """Whether ``binding`` was made by :meth:`bind` over these parts with any known key."""
+        if not isinstance(binding, str) or not binding.isascii():
+            return False
         key_id, _, _ = binding.partition(".")
         key = key_id.encode()
         if key not in self._binding_keys:
@@ -140,6 +148,10 @@ class TokenCodec:
         return hmac.compare_digest(self._bind_with(key, parts), binding)
 
     def _bind_with(self, key_id: bytes, parts: Sequence[str]) -> str:
-        message = b"\x00".join(hashlib.sha256(part.encode()).digest() for part in parts)
+        # surrogatepass: a URL taken from a request may hold lone surrogates; binding them
+        # must refuse or match, never raise. Other strings encode exactly as plain UTF-8.
+        message = b"\x00".join(
+            hashlib.sha256(part.encode("utf-8", "surrogatepass")).digest() for part in parts
+        )
         tag = hmac.digest(self._binding_keys[key_id], message, "sha256")[:TAG_BYTES]
         return f"{key_id.decode()}.{_b64encode(tag)}"
