@@ -1,0 +1,376 @@
+"""Events: never lost once answered, delivered at least once, and sinks that cannot hold the
+server back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import peewee as pw
+import pytest
+import yaml
+from playhouse.pool import PooledDatabase
+
+from core import hookimpl
+from core.config import SigningKey
+from core.events import Event
+from core.sinks import SinkType
+from core.storage import EventRecord, connect_database
+from core.testing import Harness, base_document
+from core.tokens import TokenCodec
+from sinks.database import DatabaseSink
+from tests.conftest import postgres_url
+from tests.postgres import fresh_database
+
+T = TypeVar("T")
+DEADLINE_SECONDS = 60.0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'scaisend.db'}"
+    else:
+        with fresh_database(postgres_url()) as url:
+            yield url
+
+
+def wait_for(condition: Callable[[], T], what: str) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def close(db: pw.Database) -> None:
+    if isinstance(db, PooledDatabase):
+        db.close_all()
+    elif not db.is_closed():
+        db.close()
+
+
+def stored_events(database_url: str, event_type: str) -> list[EventRecord]:
+    db = connect_database(database_url)
+    try:
+        with db.connection_context():
+            return list(EventRecord.select().where(EventRecord.type == event_type))
+    except (pw.OperationalError, pw.ProgrammingError):
+        return []  # the server has not created the tables yet
+    finally:
+        close(db)
+
+
+def jsonl_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+# A real server, killed without warning ----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _scaisend() -> str:
+    found = shutil.which("scaisend", path=str(Path(sys.executable).parent))
+    assert found, "the scaisend console script is not installed"
+    return found
+
+
+class Server:
+    """``scaisend serve`` in a subprocess."""
+
+    def __init__(self, config: Path, cwd: Path) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "SCAISEND_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        env.pop("TRACKING_BASE_URL", None)
+        self.process = subprocess.Popen(
+            [_scaisend(), "serve", "--config", str(config), "--port", str(self.port)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._healthy, "the server to answer /health")
+
+    def _healthy(self) -> bool:
+        assert self.process.poll() is None, "the server exited"
+        try:
+            return httpx.get(f"{self.base}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def test_answered_opens_survive_sigkill(tmp_path, database_url):
+    document = base_document(tmp_path / "data", {"acme": {}})
+    document["server"]["database_url"] = database_url
+    config = tmp_path / "scaisend.yaml"
+    config.write_text(yaml.safe_dump(document))
+    (key,) = document["server"]["signing_keys"]
+    tokens = TokenCodec([SigningKey(key["id"], key["secret"].encode())])
+    count = 60
+    message_ids = [f"msg-{n:03d}" for n in range(count)]
+
+    server = Server(config, tmp_path)
+    try:
+        with httpx.Client(base_url=server.base) as client:
+            for message_id in message_ids:
+                response = client.get(f"/t/o/{tokens.issue('acme', message_id, 0)}.gif")
+                assert response.status_code == 200
+        server.kill()  # right after the last answer: no shutdown, no flush
+    finally:
+        server.stop()
+    assert server.process.returncode == -signal.SIGKILL
+
+    restarted = Server(config, tmp_path)
+    try:
+        opens = wait_for(
+            lambda: (
+                (found := stored_events(database_url, "open")) and len(found) >= count and found
+            ),
+            f"{count} opens in the database",
+        )
+        jsonl = tmp_path / "data" / "events.jsonl"
+        lines = wait_for(
+            lambda: (
+                (found := jsonl_events(jsonl))
+                and {e["message_id"] for e in found} >= set(message_ids)
+                and found
+            ),
+            f"{count} opens in {jsonl.name}",
+        )
+    finally:
+        restarted.stop()
+    assert sorted(event.message_id for event in opens) == message_ids  # exactly once each
+    assert {event.tenant for event in opens} == {"acme"}
+    # At least once: a line may repeat after the kill, always with the event's own id.
+    assert {(e["id"], e["message_id"]) for e in lines} == {(e.id, e.message_id) for e in opens}
+
+
+# Sinks that fail or hang ---------------------------------------------------------------------
+
+
+class FlakySink:
+    """Fails every batch while ``broken`` is set; remembers what it stored once healthy."""
+
+    def __init__(self) -> None:
+        self.name = "flaky"
+        self.broken = threading.Event()
+        self.broken.set()
+        self.attempts = 0
+        self.stored: list[Event] = []
+        self.lock = threading.Lock()
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        with self.lock:
+            self.attempts += 1
+            if self.broken.is_set():
+                raise ConnectionError("webhook endpoint unreachable")
+            self.stored.extend(events)
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [event.id for event in self.stored]
+
+    def close(self) -> None:
+        return None
+
+
+class StuckSink:
+    """Blocks inside ``write_batch`` until ``gate`` opens, like a sink whose server hangs."""
+
+    def __init__(self) -> None:
+        self.name = "stuck"
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.stored: list[Event] = []
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        self.entered.set()
+        self.gate.wait()
+        self.stored.extend(events)
+
+    def close(self) -> None:
+        self.gate.set()
+
+
+class TroubleSinks:
+    __name__ = "trouble-sinks"
+
+    def __init__(self) -> None:
+        self.flaky = FlakySink()
+        self.stuck = StuckSink()
+
+    @hookimpl
+    def register_sinks(self) -> Iterable[SinkType]:
+        return [
+            SinkType(type="flaky", factory=lambda options, runtime: self.flaky),
+            SinkType(type="stuck", factory=lambda options, runtime: self.stuck),
+        ]
+
+
+@pytest.mark.anyio
+async def test_failing_and_stuck_sinks_hold_back_neither_responses_nor_other_sinks(tmp_path):
+    plugin = TroubleSinks()
+    harness = Harness(
+        tmp_path,
+        plugins=[plugin],
+        server={
+            "sinks": [
+                {"type": "stuck"},
+                {"type": "flaky"},
+                {"type": "database"},
+                {"type": "jsonl"},
+            ]
+        },
+    )
+    message_ids = [f"msg-{n}" for n in range(40)]
+    jsonl = harness.config.data_dir / "events.jsonl"
+    async with harness.serving() as client:
+        runtime = harness.runtime
+        tokens = runtime.tokens
+        first = await client.get(f"/t/o/{tokens.issue('acme', message_ids[0], 0)}.gif")
+        assert first.status_code == 200
+        # From here on the stuck sink holds a batch and never returns until the gate opens:
+        # every later answer proves a response does not wait for it.
+        assert plugin.stuck.entered.wait(DEADLINE_SECONDS)
+        for message_id in message_ids[1:]:
+            response = await client.get(f"/t/o/{tokens.issue('acme', message_id, 0)}.gif")
+            assert response.status_code == 200
+
+        wait_for(
+            lambda: {e["message_id"] for e in jsonl_events(jsonl)} == set(message_ids),
+            "the jsonl sink to take every event",
+        )
+        stored = wait_for(
+            lambda: (rows := list(EventRecord.select())) and len(rows) == len(message_ids) and rows,
+            "the database sink to take every event",
+        )
+        assert plugin.flaky.stored == []
+        assert plugin.flaky.attempts >= 2  # it was retried, not dropped
+        assert (
+            runtime.bus.status()["flaky"]["error"]
+            == "ConnectionError('webhook endpoint unreachable')"
+        )
+
+        plugin.flaky.broken.clear()  # the endpoint comes back: the backlog drains
+        wait_for(lambda: len(plugin.flaky.ids()) >= len(message_ids), "the flaky sink's backlog")
+        assert plugin.stuck.stored == []
+        plugin.stuck.gate.set()
+        assert runtime.bus.flush(DEADLINE_SECONDS)
+    every_id = sorted(row.id for row in stored)
+    assert sorted(set(plugin.flaky.ids())) == every_id
+    assert sorted({event.id for event in plugin.stuck.stored}) == every_id
+    assert runtime.bus.status()["flaky"] == {"lag_bytes": 0, "failures": 0, "error": None}
+
+
+# At least once, with stable ids ---------------------------------------------------------------
+
+
+def test_redelivery_keeps_ids_and_the_database_stores_each_once(tmp_path, database_url):
+    harness = Harness(tmp_path, database_url=database_url)
+    runtime = harness.open_runtime()
+    runtime.start()
+    emitted = [
+        Event(type="click", tenant="acme", message_id=f"m{n:02d}", data={"url": f"https://x/{n}"})
+        for n in range(25)
+    ]
+    try:
+        for event in emitted:
+            runtime.emit(event)
+        assert runtime.bus.flush()
+    finally:
+        runtime.close()
+    # A crash between a sink's write and its saved cursor: the next process sends it all again.
+    (harness.config.data_dir / "journal" / "main.cursors").unlink()
+    again = harness.open_runtime()
+    again.start()
+    try:
+        assert again.bus.flush()
+        with again.db.connection_context():
+            rows = list(EventRecord.select().order_by(EventRecord.message_id))
+            # The database sink itself, given a batch twice.
+            DatabaseSink("direct", again.db).write_batch(emitted[:5])
+            assert EventRecord.select().count() == len(emitted)
+    finally:
+        again.close()
+    assert [(row.id, row.type, row.message_id) for row in rows] == sorted(
+        ((e.id, e.type, e.message_id) for e in emitted), key=lambda item: item[1:]
+    )
+    assert [row.data["url"] for row in rows] == [f"https://x/{n}" for n in range(25)]
+    lines = jsonl_events(harness.config.data_dir / "events.jsonl")
+    assert [line["id"] for line in lines] == [e.id for e in emitted] * 2
+    assert lines[:25] == lines[25:]  # redelivered unchanged
+
+
+def test_a_line_torn_by_a_crash_is_skipped_and_the_journal_goes_on(tmp_path):
+    harness = Harness(tmp_path)
+    runtime = harness.open_runtime()
+    runtime.emit(Event(type="open", tenant="acme", message_id="before"))
+    runtime.bus.journal.close()
+    journal = harness.config.data_dir / "journal" / "main.journal"
+    with journal.open("ab") as handle:
+        handle.write(b'{"id":"torn","type":"open","ten')  # the process died mid-write
+    runtime = harness.open_runtime()
+    runtime.start()
+    try:
+        runtime.emit(Event(type="open", tenant="acme", message_id="after"))
+        assert runtime.bus.flush()
+        with runtime.db.connection_context():
+            stored = sorted(row.message_id for row in EventRecord.select())
+    finally:
+        runtime.close()
+    assert stored == ["after", "before"]
+
+
+def test_the_log_sink_writes_structured_lines(tmp_path, capfd):
+    harness = Harness(tmp_path, server={"sinks": [{"type": "log", "level": "warning"}]})
+    runtime = harness.open_runtime()
+    runtime.start()
+    event = Event(type="bounce", tenant="acme", message_id="m1", data={"reason": "mailbox full"})
+    try:
+        runtime.emit(event)
+        assert runtime.bus.flush()
+    finally:
+        runtime.close()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line]
+    (logged,) = [line for line in lines if line.get("event") == "event.bounce"]
+    assert (logged["id"], logged["tenant"], logged["message_id"], logged["level"]) == (
+        event.id,
+        "acme",
+        "m1",
+        "warning",
+    )
+    assert logged["data"] == {"reason": "mailbox full"}
