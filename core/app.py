@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from core.admin import blueprint as admin_blueprint
 from core.config import Config
+from core.inbound_listener import InboundListener
 from core.plugins import build_plugin_manager
 from core.runtime import EXTENSION, Plugins, Runtime, current_runtime
 from core.send.api import SERVICE
@@ -21,6 +22,9 @@ from core.send.service import SendService
 from core.storage import ping
 
 log = structlog.get_logger("scaisend.app")
+
+INBOUND = "scaisend.inbound"
+"""``app.extensions`` key of the :class:`InboundListener` (its bound port, in tests)."""
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -57,6 +61,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
     app.config["JSON_SORT_KEYS"] = False
     app.extensions[EXTENSION] = runtime
     sender = app.extensions[SERVICE] = SendService(runtime)
+    inbound = app.extensions[INBOUND] = InboundListener(runtime)
 
     app.register_blueprint(health)
     app.register_blueprint(admin_blueprint)
@@ -71,6 +76,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
     async def start() -> None:
         runtime.start()
         await plugins.host.call_each_async("startup", runtime=runtime)
+        await inbound.start()
         app.add_background_task(sender.resume)
         log.info(
             "server.started",
@@ -81,6 +87,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
 
     @app.after_serving
     async def stop() -> None:
+        await inbound.aclose()
         await plugins.host.call_each_async("shutdown", reverse=True, runtime=runtime)
         await runtime.aclose_transport()
         await anyio.to_thread.run_sync(runtime.close)

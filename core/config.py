@@ -106,6 +106,8 @@ class Config:
     tenants: Mapping[str, Tenant]
     embedded: bool = False
     source: str = "(embedded default)"
+    smtp: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """The whole ``server.smtp`` section (listener limits, feedback domains, STARTTLS)."""
 
     def tenant(self, tenant_id: str) -> Tenant | None:
         return self.tenants.get(tenant_id)
@@ -444,6 +446,7 @@ def build_config(
         ),
         embedded=embedded,
         source=source,
+        smtp=freeze(server["smtp"]),
     )
 
 

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
+
+UNCLAIMED_DIR = Path("inbound") / "unclaimed"
+"""Under the data directory: messages no plugin claimed."""
+UNATTRIBUTED_DIR = Path("inbound") / "unattributed"
+"""Under the data directory: reports that name no message ScaiSend sent."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _now() -> dt.datetime:
@@ -19,3 +30,22 @@ class InboundMessage:
     data: bytes
     peer: str | None = None
     received_at: dt.datetime = field(default_factory=_now)
+
+    def as_eml(self) -> bytes:
+        """The message as a delivering MTA files it: the envelope as ``Return-Path`` and
+        ``Delivered-To`` fields (which attribution needs later), then the bytes received."""
+        lines = [f"Return-Path: <{_CONTROL.sub('?', self.mail_from)}>\r\n"]
+        lines += [f"Delivered-To: {_CONTROL.sub('?', rcpt)}\r\n" for rcpt in self.rcpt_tos]
+        return "".join(lines).encode("utf-8", "surrogateescape") + self.data
+
+
+def keep(message: InboundMessage, directory: Path) -> Path:
+    """Write ``message`` to ``directory`` as a new ``.eml`` (blocking), complete or not at all."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{message.received_at:%Y%m%dT%H%M%S}-{secrets.token_hex(6)}.eml"
+    draft = directory / f".{name}.part"
+    with draft.open("wb") as file:
+        file.write(message.as_eml())
+        file.flush()
+        os.fsync(file.fileno())
+    return draft.replace(directory / name)

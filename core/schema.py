@@ -14,6 +14,10 @@ TENANT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,63}$"
 KEY_ID_PATTERN = "^[A-Za-z0-9_-]{1,16}$"
 
 SECRET = {"type": "string", "minLength": 32}
+HOSTNAME_PATTERN = (
+    "^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    "(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 CORE_SERVER_PROPERTIES: dict[str, Any] = {
     "tracking_base_url": {
@@ -24,8 +28,7 @@ CORE_SERVER_PROPERTIES: dict[str, Any] = {
     },
     "bounce_domain": {
         "type": "string",
-        "pattern": "^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-        "(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+        "pattern": HOSTNAME_PATTERN,
         "description": "domain of the per-recipient envelope senders (VERP), which the inbound "
         "SMTP listener accepts bounces for; default: the tracking base URL's host",
     },
@@ -64,6 +67,25 @@ CORE_SERVER_PROPERTIES: dict[str, Any] = {
         "properties": {
             "host": {"type": "string", "default": "127.0.0.1"},
             "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 2525},
+            "feedback_domains": {
+                "type": "array",
+                "default": [],
+                "items": {"type": "string", "pattern": HOSTNAME_PATTERN},
+                "description": "domains whose addresses receive complaint (ARF) reports, "
+                "accepted beside the bounce domain",
+            },
+            "max_message_bytes": {"type": "integer", "minimum": 1024, "default": 10 * 1024 * 1024},
+            "max_recipients": {"type": "integer", "minimum": 1, "default": 100},
+            "tls": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["cert_file", "key_file"],
+                "description": "offer STARTTLS with this PEM certificate chain and key",
+                "properties": {
+                    "cert_file": {"type": "string", "minLength": 1},
+                    "key_file": {"type": "string", "minLength": 1},
+                },
+            },
         },
     },
     "signing_keys": {

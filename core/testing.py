@@ -42,6 +42,7 @@ def base_document(data_dir: Path, tenants: Mapping[str, Any] | None = None) -> d
         "server": {
             "data_dir": str(data_dir),
             "tracking_base_url": "https://track.example.test",
+            "smtp": {"port": 0},
             "signing_keys": [{"id": "test1", "secret": random_secret()}],
             "admin_jwt": {"algorithm": "HS256", "secret": random_secret()},
             "sinks": [{"type": "database"}, {"type": "jsonl"}],

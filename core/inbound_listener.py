@@ -1,0 +1,226 @@
+"""The inbound SMTP listener: bounces and complaints in, the ``handle_inbound_mail`` hook out.
+
+It runs on the server's own event loop (aiosmtpd's protocol on ``loop.create_server``), so it
+starts and stops with ``scaisend serve``; file and database work happens in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from core.inbound import UNCLAIMED_DIR, InboundMessage, keep
+from core.runtime import Runtime
+
+log = structlog.get_logger("scaisend.inbound")
+
+HOOK = "handle_inbound_mail"
+DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_RECIPIENTS = 100
+
+ACCEPTED = "250 2.0.0 OK: report received"
+TRY_LATER = "451 4.3.0 Local error in processing, try again later"
+NOT_A_MESSAGE = "554 5.6.0 Message has no header section"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+
+# A message starts with a header field: a name of printable characters other than ":".
+_FIRST_FIELD = re.compile(rb"\A[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """What the listener needs from ``server.smtp`` and ``server.bounce_domain``."""
+
+    host: str
+    port: int
+    domains: frozenset[str]
+    max_message_bytes: int
+    max_recipients: int
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> ListenerSettings:
+        config = runtime.config
+        smtp: Mapping[str, Any] = config.smtp
+        tls: Mapping[str, Any] = smtp.get("tls") or {}
+        domains = {config.bounce_domain, *smtp.get("feedback_domains", ())}
+        return cls(
+            host=config.smtp_host,
+            port=config.smtp_port,
+            domains=frozenset(domain.lower().rstrip(".") for domain in domains),
+            max_message_bytes=smtp.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+            max_recipients=smtp.get("max_recipients", DEFAULT_MAX_RECIPIENTS),
+            tls_cert=tls.get("cert_file"),
+            tls_key=tls.get("key_file"),
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+
+def _domain(address: str) -> str | None:
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return None
+    return domain.lower().rstrip(".")
+
+
+def _peer(peer: Any) -> str | None:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None if peer is None else str(peer)
+
+
+class Dispatcher:
+    """Hands a received message to the plugins and decides the reply to ``DATA``."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def dispatch(self, message: InboundMessage) -> str:
+        if not _FIRST_FIELD.match(message.data):
+            log.warning(
+                "inbound.rejected",
+                reason="no header section",
+                peer=message.peer,
+                mail_from=message.mail_from,
+                size=len(message.data),
+            )
+            return NOT_A_MESSAGE
+        host = self.runtime.plugins.host
+        failed = []
+        for impl in host.implementations(HOOK):
+            ok, result = await host.call_async(HOOK, impl, message=message, runtime=self.runtime)
+            if not ok:
+                failed.append(impl.plugin_name)
+            elif result is not None:
+                log.info(
+                    "inbound.claimed",
+                    plugin=impl.plugin_name,
+                    outcome=str(result),
+                    peer=message.peer,
+                    mail_from=message.mail_from,
+                    rcpt_tos=list(message.rcpt_tos),
+                    size=len(message.data),
+                )
+                return ACCEPTED
+        if failed:
+            log.error("inbound.deferred", failed_plugins=failed, peer=message.peer)
+            return TRY_LATER
+        path = await anyio.to_thread.run_sync(
+            keep, message, self.runtime.config.data_dir / UNCLAIMED_DIR
+        )
+        log.warning(
+            "inbound.unclaimed",
+            path=str(path),
+            peer=message.peer,
+            mail_from=message.mail_from,
+            rcpt_tos=list(message.rcpt_tos),
+            size=len(message.data),
+        )
+        return ACCEPTED
+
+
+class SessionHandler:
+    """aiosmtpd's handler: which recipients are accepted, what ``DATA`` answers."""
+
+    def __init__(self, settings: ListenerSettings, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if _domain(address) not in self.settings.domains:
+            log.info("inbound.recipient_refused", recipient=address, peer=_peer(session.peer))
+            return "550 5.1.1 Recipient address rejected: not a bounce or feedback address"
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        message = InboundMessage(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            data=bytes(envelope.original_content or b""),
+            peer=_peer(session.peer),
+        )
+        return await self.dispatcher.dispatch(message)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("inbound.session_failed", error=repr(error), exc_info=error)
+        return TRY_LATER
+
+
+class InboundListener:
+    """The SMTP server of one process; :meth:`start` binds it, :meth:`aclose` stops it."""
+
+    def __init__(self, runtime: Runtime, settings: ListenerSettings | None = None) -> None:
+        self.settings = settings or ListenerSettings.of(runtime)
+        self.handler = SessionHandler(self.settings, Dispatcher(runtime))
+        self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one, or the one the system chose for port 0)."""
+        assert self._server is not None, "the listener is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def _protocol(self) -> SMTP:
+        session = SMTP(
+            self.handler,
+            data_size_limit=self.settings.max_message_bytes,
+            tls_context=self._tls,
+            ident="ScaiSend inbound",
+        )
+        self._sessions.add(session)
+        return session
+
+    async def start(self) -> None:
+        self._tls = self.settings.tls_context()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, host=self.settings.host, port=self.settings.port
+        )
+        log.info(
+            "inbound.listening",
+            host=self.settings.host,
+            port=self.port,
+            domains=sorted(self.settings.domains),
+            starttls=self._tls is not None,
+        )
+
+    async def aclose(self) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        # Sessions still open would otherwise outlive the server (and its database).
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.close()
+        await server.wait_closed()
+        log.info("inbound.stopped")
