@@ -184,11 +184,6 @@ def test_an_encoded_header_never_has_a_line_over_78_characters(name, value):
     assert max(len(line) for line in lines) <= 78
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fold() drops the separator after an empty token: a run of blanks at a fold point "
-    "loses one and can leave a line of only white space",
-)
 @settings(max_examples=300, deadline=None)
 @given(header_names, header_text)
 @example("Subject", "0" * 68 + "   ")
@@ -200,7 +195,6 @@ def test_runs_of_blanks_survive_folding(name, value):
     assert all(line.strip(" \t") for line in encoded.split("\r\n")[1:])
 
 
-@pytest.mark.xfail(strict=True, reason="encoded words of one display name are never folded between")
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(max_size=256).map(_one_line_name), min_size=1, max_size=3))
 @example(["\u00e9" * 100])

@@ -6,6 +6,7 @@ import base64
 import copy
 import datetime as dt
 import email
+import email.header
 import email.policy
 import email.utils
 import json
@@ -288,11 +289,6 @@ async def test_attachments_are_mixed_parts_that_decode_to_the_original_bytes(tmp
         assert message.get_body(("plain",)).get_content().startswith("Hello ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an RFC 2231 filename is written as one parameter, without continuations, so a "
-    "long non-ASCII name makes a header line over 998 bytes",
-)
 @pytest.mark.parametrize(
     "filename",
     [pytest.param("報告書" * 40 + ".pdf", id="cjk"), pytest.param("ü" * 251 + ".txt", id="latin")],
@@ -309,11 +305,6 @@ async def test_a_long_non_ascii_filename_stays_within_998_bytes_a_line(tmp_path,
     assert attachment.get_payload(decode=True) == b"hi"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a display name's encoded words are joined by spaces that are never folded, so "
-    "the longest accepted name makes a From or To line over 998 bytes",
-)
 async def test_the_longest_accepted_display_names_stay_within_998_bytes_a_line(tmp_path):
     harness = harness_for(tmp_path)
     sender, recipient = "\U0001f600" * 256, ("Zoë " * 64)[:256]
@@ -324,8 +315,18 @@ async def test_the_longest_accepted_display_names_stay_within_998_bytes_a_line(t
         assert response.status_code == 202
         (raw,) = await delivered_files(harness, (await response.get_json())["message_id"], 1)
     message = parse_wire(raw)
-    assert message["From"].addresses[0].display_name == sender
-    assert message["To"].addresses[0].display_name == recipient.strip()
+    assert message["From"].addresses[0].addr_spec == "news@example.org"
+    assert rfc2047_address(raw, "From") == (sender, "news@example.org")
+    assert rfc2047_address(raw, "To") == (recipient.strip(), "ann@example.com")
+
+
+def rfc2047_address(raw: bytes, name: str) -> tuple[str, str]:
+    """One address header as RFC 2047 reads it: blanks between adjacent encoded words are not
+    part of the name (``email``'s address parser keeps them, so it cannot check a folded one)."""
+    match = re.search(rb"\r\n" + name.encode() + rb": (.*?)\r\n(?![ \t])", b"\r\n" + raw, re.S)
+    assert match is not None
+    value = re.sub(r"\r\n(?=[ \t])", "", match.group(1).decode("ascii"))
+    return email.utils.parseaddr(str(email.header.make_header(email.header.decode_header(value))))
 
 
 async def test_bcc_recipients_get_a_copy_without_being_named_in_any(tmp_path):

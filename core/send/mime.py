@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import email.utils
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,11 @@ def _qp_run(text: str) -> bytes:
 
 _MAX_LINE = 78
 _WORD_BYTES = 45  # 45 bytes of UTF-8 make 60 of base64: a 72-character encoded word
+_PARAMETER_CHUNK = 60  # characters of a parameter value on one continuation line
 _SPECIALS = set('()<>[]:;@\\,."')
+# A word with the run of blanks before it; blanks at the very end go with the last word. A
+# line may be folded only before a blank, and a continuation line must hold a non-blank.
+_FOLD_UNITS = re.compile(r" *[^ ]+ *$| *[^ ]+| +")
 
 
 def _one_line(value: str) -> str:
@@ -69,12 +74,16 @@ def _one_line(value: str) -> str:
     return " ".join(value.splitlines()) if any(c in value for c in "\r\n") else value
 
 
+def _fold_units(value: str) -> list[str]:
+    return _FOLD_UNITS.findall(value)
+
+
 def _needs_encoding(value: str, room: int) -> bool:
     return (
         not value.isascii()
         or "=?" in value
         or any(ord(c) < 32 or ord(c) == 127 for c in value)
-        or any(len(word) > room for word in value.split(" "))
+        or any(len(unit) > room for unit in _fold_units(value))
     )
 
 
@@ -101,38 +110,52 @@ def encoded_words(value: str, first_room: int = _MAX_LINE) -> list[str]:
     ]
 
 
-def fold(name: str, tokens: Sequence[str], separator: str = " ") -> str:
-    """Join ``tokens`` with ``separator``, folding between tokens to keep lines to 78."""
+def _spaced(words: Sequence[str]) -> list[str]:
+    """Fold units of words joined by single spaces (between encoded words they are nothing)."""
+    return [word if index == 0 else " " + word for index, word in enumerate(words)]
+
+
+def fold(name: str, units: Sequence[str]) -> str:
+    """Join ``units`` exactly, breaking lines before units so lines keep to 78 characters.
+
+    Every unit but the first begins with a blank, so a line break before one is a fold that
+    unfolding undoes, and no continuation line is blank. A unit longer than a line gets a line
+    of its own.
+    """
     lines: list[str] = []
     line = ""
     used = len(name) + 2
-    for index, token in enumerate(tokens):
-        piece = token + (separator.rstrip() if index < len(tokens) - 1 else "")
-        if line and used + 1 + len(piece) > _MAX_LINE:
+    for unit in units:
+        if line and used + len(unit) > _MAX_LINE:
             lines.append(line)
-            line, used = piece, 1 + len(piece)
+            line, used = unit, len(unit)
         else:
-            line = f"{line} {piece}" if line else piece
-            used += len(piece) + (1 if used > len(name) + 2 else 0)
+            line += unit
+            used += len(unit)
     lines.append(line)
-    return "\r\n ".join(lines)
+    return "\r\n".join(lines)
 
 
 def encode_header_value(name: str, value: str) -> str:
     """An unstructured header value: RFC 2047 where needed, folded to 78-character lines."""
     value = _one_line(value)
-    if _needs_encoding(value, _MAX_LINE - len(name) - 2):
-        return fold(name, encoded_words(value, _MAX_LINE - len(name) - 2))
-    return fold(name, value.split(" "))
+    room = _MAX_LINE - len(name) - 2
+    if _needs_encoding(value, room):
+        return fold(name, _spaced(encoded_words(value, room)))
+    return fold(name, _fold_units(value))
 
 
-def _phrase(name: str) -> str:
+def _phrase_units(name: str, first_room: int) -> list[str]:
+    """A display name as fold units: encoded words, or a quoted string or atoms with blanks."""
     name = _one_line(name)
-    if _needs_encoding(name, 60):
-        return " ".join(encoded_words(name))
-    if any(c in _SPECIALS for c in name):
-        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return name
+    if not _needs_encoding(name, 60):
+        if any(c in _SPECIALS for c in name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        units = _fold_units(name)
+        # Quoting can lengthen a word; one that no longer fits a line is encoded instead.
+        if len(units[0]) <= first_room and all(len(unit) <= 70 for unit in units):
+            return units
+    return _spaced(encoded_words(name, first_room))
 
 
 def ascii_domain(domain: str) -> str:
@@ -142,31 +165,66 @@ def ascii_domain(domain: str) -> str:
     return domain
 
 
-def encode_address(address: Address) -> str:
+def _address_units(address: Address, first_room: int) -> list[str]:
     local, _, domain = address.email.rpartition("@")
     mailbox = f"{local}@{ascii_domain(domain)}"
-    return f"{_phrase(address.name)} <{mailbox}>" if address.name else mailbox
+    if not address.name:
+        return [mailbox]
+    return [*_phrase_units(address.name, first_room), f" <{mailbox}>"]
 
 
 def address_list(name: str, addresses: Sequence[Address]) -> str:
-    return fold(name, [encode_address(a) for a in addresses], separator=", ")
+    """An address header's value, folded between addresses and between a name's words."""
+    units: list[str] = []
+    for index, address in enumerate(addresses):
+        room = _MAX_LINE - len(name) - 2 if index == 0 else _MAX_LINE - 1
+        piece = _address_units(address, room)
+        if index:
+            piece[0] = " " + piece[0]
+        if index < len(addresses) - 1:
+            piece[-1] += ","
+        units.extend(piece)
+    return fold(name, units)
 
 
 def fold_list(name: str, value: str) -> str:
     """Fold a comma-separated ASCII value (``List-Unsubscribe``) at its commas."""
-    return fold(name, _one_line(value).split(", "), separator=", ")
+    items = _one_line(value).split(", ")
+    return fold(name, _spaced([item + "," for item in items[:-1]] + items[-1:]))
 
 
 def header_line(name: str, value: str) -> bytes:
     return f"{name}: {value}".encode() + CRLF
 
 
-def _parameter(name: str, value: str) -> str:
-    """A MIME parameter; RFC 2231 for anything a quoted string cannot carry."""
+def _parameter(name: str, value: str) -> list[str]:
+    """A MIME parameter as the lines it takes: a quoted string when that is short and plain,
+    else RFC 2231 percent-encoding in numbered continuations, none longer than a line."""
     value = _one_line(value)
-    if value.isascii() and not any(ord(c) < 32 for c in value):
-        return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name}*=" + email.utils.encode_rfc2231(value, "utf-8")
+    if (
+        value.isascii()
+        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+        and len(value) <= _PARAMETER_CHUNK
+    ):
+        return [f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"']
+    encoded = email.utils.encode_rfc2231(value, "utf-8")
+    if len(encoded) <= _PARAMETER_CHUNK:
+        return [f"{name}*={encoded}"]
+    chunks = []
+    while encoded:
+        cut = min(_PARAMETER_CHUNK, len(encoded))
+        # Never split a %XX escape between two continuations.
+        percent = encoded.rfind("%", cut - 2, cut)
+        if percent != -1 and cut < len(encoded):
+            cut = percent
+        chunks.append(encoded[:cut])
+        encoded = encoded[cut:]
+    return [f"{name}*{n}*={chunk}" for n, chunk in enumerate(chunks)]
+
+
+def _parameterised(value: str, parameters: Sequence[str]) -> str:
+    """``value; p1; p2``, one parameter line per folded line."""
+    return ";\r\n ".join([value, *parameters])
 
 
 @dataclass(frozen=True)
@@ -231,12 +289,13 @@ def _leaf_headers(content_type: str) -> bytes:
 def _attachment_part(attachment: Attachment) -> bytes:
     lines = [
         header_line(
-            "Content-Type", f"{attachment.type};\r\n {_parameter('name', attachment.filename)}"
+            "Content-Type",
+            _parameterised(attachment.type, _parameter("name", attachment.filename)),
         ),
         header_line("Content-Transfer-Encoding", "base64"),
         header_line(
             "Content-Disposition",
-            f"{attachment.disposition};\r\n {_parameter('filename', attachment.filename)}",
+            _parameterised(attachment.disposition, _parameter("filename", attachment.filename)),
         ),
     ]
     if attachment.content_id:
@@ -316,13 +375,13 @@ def compile_message(
 
     head = [
         header_line("Date", date),
-        header_line("From", encode_address(submission.sender)),
+        header_line("From", address_list("From", [submission.sender])),
         header_line("To", address_list("To", personalization.to)),
     ]
     if personalization.cc:
         head.append(header_line("Cc", address_list("Cc", personalization.cc)))
     if submission.reply_to:
-        head.append(header_line("Reply-To", encode_address(submission.reply_to)))
+        head.append(header_line("Reply-To", address_list("Reply-To", [submission.reply_to])))
     if subject.is_static:
         head.append(
             header_line(
