@@ -36,6 +36,12 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 _FIRST_FIELD = re.compile(rb"\A[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 
+class ReportSession(SMTP):
+    # Reports quote the returned message as it came, and mail servers do send lines longer
+    # than RFC 5321's 1,000 octets: refusing those would answer a report with a permanent error.
+    line_length_limit = 64 * 1024
+
+
 @dataclass(frozen=True)
 class ListenerSettings:
     """What the listener needs from ``server.smtp`` and ``server.bounce_domain``."""
@@ -190,7 +196,7 @@ class InboundListener:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _protocol(self) -> SMTP:
-        session = SMTP(
+        session = ReportSession(
             self.handler,
             data_size_limit=self.settings.max_message_bytes,
             tls_context=self._tls,

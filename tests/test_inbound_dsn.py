@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.app import INBOUND
 from core.plugins import DEFAULT_PLUGINS
@@ -382,3 +384,44 @@ async def test_ordinary_mail_to_the_bounce_domain_is_kept_for_a_person(tmp_path)
         assert await w.events("bounce", "deferred", "blocked", "spamreport") == []
         [kept] = w.kept("unclaimed")
         assert kept.read_bytes().endswith(letter)
+
+
+FIELD_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\r\n"), max_size=80
+)
+
+
+@pytest.mark.anyio
+async def test_any_report_is_answered_250_never_451(tmp_path):
+    """Whatever a report holds, the sender is never told to retry it forever."""
+    async with world(tmp_path) as w:
+        await w.send("ann@example.com")
+        sender = w.mx.to("ann@example.com").mail_from
+
+        @settings(
+            max_examples=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(
+            recipient=st.one_of(st.just("ann@example.com"), st.emails(), FIELD_TEXT),
+            status=st.one_of(st.from_regex(r"\A[245]\.\d{1,3}\.\d{1,3}\Z"), FIELD_TEXT),
+            action=st.sampled_from(["failed", "delayed", "delivered", "relayed", "", "x"]),
+            diagnostic=FIELD_TEXT,
+            rcpt=st.sampled_from([sender, f"nobody@{BOUNCES}", f"abuse@{FEEDBACK}"]),
+        )
+        def answered(recipient: str, status: str, action: str, diagnostic: str, rcpt: str) -> None:
+            report = dsn(
+                rcpt,
+                recipient,
+                status=status,
+                action=action,
+                diagnostic=diagnostic.replace("{", "(").replace("}", ")"),
+            )
+            with smtplib.SMTP("127.0.0.1", w.inbound_port, timeout=10) as client:
+                client.ehlo()
+                client.mail("")
+                client.rcpt(rcpt)
+                assert client.data(report)[0] == 250
+
+        await in_thread(answered)

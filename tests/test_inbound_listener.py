@@ -26,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.app import INBOUND
 from core.config import ConfigError
@@ -205,6 +207,16 @@ async def test_a_declared_size_over_the_limit_is_refused_with_552(tmp_path):
 
 
 @pytest.mark.anyio
+async def test_lines_longer_than_rfc_5321_allows_are_taken_as_they_come(tmp_path):
+    recorder = Recorder()
+    harness = _harness(tmp_path, recorder)
+    quoted = REPORT + b"X-Long: " + b"z" * 3000 + b"\r\n"
+    async with listening(harness) as port:
+        assert await in_thread(lambda: _send(port, [f"b@{BOUNCES}"], quoted)) == {}
+    assert [m.data for m in recorder.messages] == [quoted]
+
+
+@pytest.mark.anyio
 async def test_data_over_the_limit_is_refused_with_552_and_the_session_goes_on(tmp_path):
     recorder = Recorder()
     harness = _harness(tmp_path, recorder)
@@ -302,6 +314,48 @@ async def test_a_message_no_plugin_claims_is_kept_with_its_envelope(tmp_path):
     assert parsed["Return-Path"] == "<mta@x.test>"
     assert parsed.get_all("Delivered-To") == [f"b1@{BOUNCES}", f"abuse@{FEEDBACK}"]
     assert kept.read_bytes().endswith(REPORT)
+
+
+FIELD_NAME = st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z")
+LINE = st.binary(max_size=200).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+NOT_A_FIELD_START = st.sampled_from([b"\r\n", b" ", b"\t", b":", b"\x80", b"\xff", b"\x00"])
+EXAMPLES = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.mark.anyio
+async def test_any_data_gets_250_or_554_and_never_breaks_the_session(tmp_path):
+    recorder = Recorder()
+    harness = _harness(tmp_path, recorder, max_message_bytes=1024 * 1024)
+
+    @EXAMPLES
+    @given(name=FIELD_NAME, value=LINE, body=st.binary(max_size=5000))
+    def headed(name: str, value: bytes, body: bytes) -> None:
+        data = name.encode() + b": " + value + b"\r\n" + body
+        with _client(port) as client:
+            client.ehlo()
+            client.mail("")
+            client.rcpt(f"b@{BOUNCES}")
+            assert client.data(data)[0] == 250
+            assert client.noop()[0] == 250
+        assert recorder.messages[-1].data.startswith(name.encode() + b": ")
+
+    @EXAMPLES
+    @given(start=NOT_A_FIELD_START, rest=st.binary(max_size=5000))
+    def headless(start: bytes, rest: bytes) -> None:
+        count = len(recorder.messages)
+        with _client(port) as client:
+            client.ehlo()
+            client.mail("")
+            client.rcpt(f"b@{BOUNCES}")
+            assert client.data(start + rest)[0] == 554
+            assert client.noop()[0] == 250
+        assert len(recorder.messages) == count
+
+    async with listening(harness) as port:
+        await in_thread(headed)
+        await in_thread(headless)
 
 
 def _certificate(directory: Path) -> tuple[Path, Path]:
