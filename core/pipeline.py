@@ -10,8 +10,9 @@ every byte outside an edit is exactly the author's.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -29,6 +30,11 @@ Slot = Callable[[Recipient], str]
 """A per-recipient value: called once for every recipient while stamping."""
 
 Value = str | Slot
+
+# RFC 5322 msg-id without its angle brackets: dot-atom "@" dot-atom.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_CONTENT_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*")
+_CONTENT_TYPE = re.compile(r"[a-z]+/[a-z0-9.+-]+")
 
 
 class EditConflict(ValueError):
@@ -169,11 +175,26 @@ class StagedPart:
 
 
 @dataclass(frozen=True)
+class InlinePart:
+    """A part the HTML refers to as ``cid:<content_id>``, sent beside it (multipart/related)."""
+
+    content_id: str
+    content_type: str
+    data: bytes = field(repr=False)
+    filename: str
+
+
+@dataclass(frozen=True)
 class Template:
-    """Literal text with per-recipient slots, ready to stamp."""
+    """Literal text with per-recipient slots, ready to stamp.
+
+    ``related`` holds the inline parts an HTML body refers to; they are the same for every
+    recipient and travel with the body they belong to.
+    """
 
     literals: tuple[str, ...]
     slots: tuple[Slot, ...]
+    related: tuple[InlinePart, ...] = ()
 
     @classmethod
     def from_pieces(cls, pieces: list[Value]) -> Template:
@@ -208,6 +229,7 @@ class Document:
         self.html = Part("text/html", html) if html is not None else None
         self.text = Part("text/plain", text) if text is not None else None
         self.headers: list[tuple[str, Value, str]] = []
+        self.inline: list[InlinePart] = []
 
     def parts(self) -> list[Part]:
         return [part for part in (self.html, self.text) if part is not None]
@@ -216,8 +238,11 @@ class Document:
         return StagedDocument(self, feature)
 
     def compile(self) -> CompiledDocument:
+        html = self.html.compile() if self.html is not None else None
+        if html is not None and self.inline:
+            html = replace(html, related=tuple(self.inline))
         return CompiledDocument(
-            html=self.html.compile() if self.html is not None else None,
+            html=html,
             text=self.text.compile() if self.text is not None else None,
             headers=tuple((name, _as_template(value)) for name, value, _ in self.headers),
         )
@@ -232,6 +257,19 @@ class StagedDocument:
         self.html = StagedPart(document.html, feature) if document.html is not None else None
         self.text = StagedPart(document.text, feature) if document.text is not None else None
         self.headers: list[tuple[str, Value]] = []
+        self.inline: list[InlinePart] = []
+
+    def add_inline(self, content_id: str, content_type: str, data: bytes, filename: str) -> None:
+        """Send ``data`` inline beside the HTML body, which refers to it as ``cid:content_id``."""
+        if self.html is None:
+            raise ValueError("inline parts need an HTML body to refer to them")
+        if not _CONTENT_ID.fullmatch(content_id):
+            raise ValueError(f"invalid Content-ID {content_id!r}")
+        if not _CONTENT_TYPE.fullmatch(content_type):
+            raise ValueError(f"invalid content type {content_type!r}")
+        if any(c in filename for c in "\r\n"):
+            raise ValueError("a filename may not contain a line break")
+        self.inline.append(InlinePart(content_id, content_type, data, filename))
 
     def add_header(self, name: str, value: Value) -> None:
         """Add a header to every recipient's message; a slot makes it per-recipient."""
@@ -255,6 +293,7 @@ class StagedDocument:
                 part._edits = [e for e in part._edits if e.feature != self.feature]
             raise
         self._document.headers.extend((n, v, self.feature) for n, v in self.headers)
+        self._document.inline.extend(self.inline)
 
 
 def _as_template(value: Value) -> Template:

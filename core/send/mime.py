@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from core.pipeline import Recipient, Template
+from core.pipeline import InlinePart, Recipient, Template
 from core.send.compose import Address, Attachment, Personalization, Submission
 
 CRLF = b"\r\n"
@@ -305,6 +305,10 @@ def _attachment_part(attachment: Attachment) -> bytes:
     return b"".join(lines) + CRLF + body + CRLF
 
 
+def _inline_attachment(part: InlinePart) -> Attachment:
+    return Attachment(part.filename, part.data, part.content_type, "inline", part.content_id)
+
+
 Piece = bytes | Callable[[Recipient], bytes]
 
 
@@ -392,16 +396,23 @@ def compile_message(
         head.append(header_line(name, encode_header_value(name, value)))
     head.append(header_line("MIME-Version", "1.0"))
 
+    inline = [a for a in submission.attachments if a.disposition == "inline"]
+    regular = [a for a in submission.attachments if a.disposition != "inline"]
     alternatives = []
     if text is not None:
         alternatives.append(_leaf("text/plain", EncodedBody.compile(text)))
     if html is not None:
-        alternatives.append(_leaf("text/html", EncodedBody.compile(html)))
+        html_leaf = _leaf("text/html", EncodedBody.compile(html))
+        if html.related:
+            # The HTML and every part it refers to by cid: form one multipart/related.
+            related = [*inline, *(_inline_attachment(part) for part in html.related)]
+            parts = [[_attachment_part(a)] for a in related]
+            html_leaf = _multipart("related", [html_leaf, *parts])
+            inline = []
+        alternatives.append(html_leaf)
     body: list[Piece] = (
         _multipart("alternative", alternatives) if len(alternatives) > 1 else alternatives[0]
     )
-    inline = [a for a in submission.attachments if a.disposition == "inline"]
-    regular = [a for a in submission.attachments if a.disposition != "inline"]
     if inline and html is not None:
         body = _multipart("related", [body, *[[_attachment_part(a)] for a in inline]])
     else:

@@ -1,0 +1,103 @@
+"""``GET``/``HEAD /i/{image_id}``: library images, cacheable forever, loads as open signals.
+
+Only images uploaded to a library are served; nothing here ever fetches a URL. The content
+behind an id never changes (a new upload gets a new id), so the answer is ``public, immutable``
+and its ``ETag`` is the SHA-256 of the bytes served.
+
+A proxied image in a message carries the recipient's token in ``t``. The bytes do not depend
+on it, but the URL does: every recipient's copy is its own cache entry, so a shared cache
+(a mailbox provider's image proxy) still asks us once per recipient, and that first load is
+recorded. Reloads a client answers from its own cache are not seen, as with the pixel.
+"""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+from quart import Blueprint, Response, request
+
+from core import Event, current_runtime
+from core.http import client_ip
+from plugins.image_proxy.api import error, library
+from plugins.image_proxy.blobs import store_for
+from plugins.image_proxy.library import Served
+
+log = structlog.get_logger("scaisend.image_proxy")
+
+blueprint = Blueprint("image_proxy", __name__)
+
+CACHE_CONTROL = "public, max-age=31536000, immutable"
+SOURCE = "image_proxy"
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    candidates = [part.strip() for part in if_none_match.split(",")]
+    return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
+
+
+def _record_load(image_id: str, image: Served) -> None:
+    runtime = current_runtime()
+    token = request.args.get("t")
+    claims = runtime.tokens.verify(token) if token else None
+    if claims is None or claims.tenant != image.tenant:
+        return
+    try:
+        runtime.emit(
+            Event(
+                type="open",
+                tenant=claims.tenant,
+                message_id=claims.message_id,
+                data={
+                    "recipient_number": claims.recipient,
+                    "source": SOURCE,
+                    "image_id": image_id,
+                    "dedupe_key": "",  # one unique open per recipient, pixel or image alike
+                    "user_agent": request.headers.get("User-Agent"),
+                    "ip": client_ip(
+                        request.remote_addr,
+                        request.headers.get("X-Forwarded-For"),
+                        runtime.config.trusted_proxies,
+                    ),
+                },
+            )
+        )
+    except OSError as exc:
+        log.error("image_open.not_recorded", message_id=claims.message_id, error=repr(exc))
+
+
+@blueprint.route("/i/<image_id>", methods=["GET", "HEAD"])
+async def image(image_id: str) -> Response:
+    variant = request.args.get("variant")
+    if variant not in (None, "thumbnail"):
+        return error(400, "variant must be 'thumbnail'")
+    images = library()
+    found = await anyio.to_thread.run_sync(images.lookup, image_id)
+    if found is None:
+        return error(404, "no such image")
+    if found == "gone":
+        return error(410, "the image was deleted")
+    served: Served | None = found
+    if variant == "thumbnail":
+        served = await anyio.to_thread.run_sync(images.thumbnail, found)
+    if served is None:
+        return error(410, "the image was deleted")
+    if request.method == "GET":
+        _record_load(image_id, found)
+
+    etag = f'"{served.content_hash}"'
+    headers = {"Cache-Control": CACHE_CONTROL, "ETag": etag}
+    if _matches(request.headers.get("If-None-Match", ""), etag):
+        return Response(status=304, headers=headers)
+    headers |= {
+        "Content-Type": served.content_type,
+        "X-Content-Type-Options": "nosniff",
+    }
+    if request.method == "HEAD":
+        response = Response(b"", status=200, headers=headers)
+        response.headers["Content-Length"] = str(served.size)
+        return response
+    data = await anyio.to_thread.run_sync(store_for(served.location).get, served.location)
+    if data is None:
+        # Deleted between the lookup and the read.
+        return error(410, "the image was deleted")
+    return Response(data, status=200, headers=headers)
