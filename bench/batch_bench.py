@@ -54,8 +54,16 @@ SENDER = ("Newsletter", "news@example.com")
 SUBJECT = "This month's newsletter"
 BASE = "https://track.example.test"
 
+GANALYTICS = {
+    "enable": True,
+    "utm_source": "newsletter",
+    "utm_medium": "email",
+    "utm_campaign": "spring sale",
+}
 CONFIGS = {
-    # name: (ScaiSend tracking_settings, pytracking click_tracking)
+    # name: (ScaiSend tracking_settings, pytracking click_tracking). pytracking has no UTM
+    # tagging: against open + click + ganalytics its side is open + click, the most it does.
+    "open + click + ganalytics": ({"ganalytics": GANALYTICS}, True),
     "open + click": ({}, True),
     "open only": ({"click_tracking": {"enable": False}}, False),
 }
@@ -161,7 +169,8 @@ def describe(data: bytes) -> str:
     kinds = "+".join(p.get_content_type() for p in message.walk() if not p.is_multipart())
     return (
         f"{kinds}, To: {len(message.get_all('To', [''])[0].split('@')) - 1} address(es), "
-        f"pixel: {'/t/o/' in body}, click URLs: {body.count('/t/c/')}"
+        f"pixel: {'/t/o/' in body}, click URLs: {body.count('/t/c/')}, "
+        f"utm_source: {body.count('utm_source')}"
     )
 
 
@@ -294,7 +303,7 @@ def main() -> None:
     print("One message from each side, parsed back:")
     for config_name, label, what, runs, render_us in notes:
         extra = f"; {runs} run(s), render alone {render_us:.1f} us/copy" if render_us else ""
-        print(f"  {config_name:<13} {label:<42} {what}{extra}")
+        print(f"  {config_name:<25} {label:<42} {what}{extra}")
     print()
     for config_name, label, ratio in verdicts:
         print(

@@ -52,10 +52,18 @@ from core.testing import Harness
 BASE = "https://track.example.test"
 GOAL = 6.0
 
+GANALYTICS = {
+    "enable": True,
+    "utm_source": "newsletter",
+    "utm_medium": "email",
+    "utm_campaign": "spring sale",
+}
 CONFIGS = {
-    # name: (ScaiSend tracking_settings, pytracking click_tracking)
+    # name: (ScaiSend tracking_settings, pytracking click_tracking). pytracking has no UTM
+    # tagging, so its side of the last row is open + click, the most it does.
     "open only": ({"click_tracking": {"enable": False}}, False),
     "open + click": ({}, True),
+    "open + click + ganalytics": ({"ganalytics": GANALYTICS}, True),
 }
 
 
@@ -172,6 +180,7 @@ def report(args: argparse.Namespace, files: list[Path], sources: list[str], runt
             counts[side.name] = (
                 sum("/t/o/" in t for t in text),
                 sum(t.count("/t/c/") for t in text),
+                sum(t.count("utm_source") for t in text),
             )
         checks.append((config_name, applied, counts))
 
@@ -226,11 +235,12 @@ def report(args: argparse.Namespace, files: list[Path], sources: list[str], runt
         " median of the rounds, each round = every corpus file once"
     )
     print()
-    print("What each side did in the warm-up pass (files with an open pixel / click URLs):")
+    print("What each side did in the warm-up pass (files with an open pixel, click URLs, UTM):")
     for config_name, _applied, counts in checks:
-        for name, (opens, clicks) in counts.items():
+        for name, (opens, clicks, utm) in counts.items():
             print(
-                f"  {config_name:<13} {name:<50} pixel in {opens}/{len(files)}, {clicks} click URLs"
+                f"  {config_name:<25} {name:<50} pixel in {opens}/{len(files)}, "
+                f"{clicks} click URLs, {utm} utm_source"
             )
     print()
     for config_name in CONFIGS:

@@ -27,6 +27,9 @@ def _normalise(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+_LONG_LINE = re.compile(rb"(?m)^[^\n]{77,}")
+
+
 def _wrap(line: bytes) -> list[bytes]:
     """Split an encoded line longer than 76 characters with soft breaks, never inside ``=XX``.
 
@@ -53,9 +56,9 @@ def _qp_run(text: str) -> bytes:
     encoded = binascii.b2a_qp(_normalise(text).encode("utf-8"), istext=True)
     if not encoded:
         return b""
-    *lines, last = encoded.split(b"\n")
-    wrapped = [piece for line in lines for piece in _wrap(line)] + _wrap(last + b"=")
-    return CRLF.join(wrapped) + CRLF
+    # Only the few long lines are rewrapped; the search for them runs in C.
+    encoded = _LONG_LINE.sub(lambda long: b"\n".join(_wrap(long[0])), encoded + b"=")
+    return encoded.replace(b"\n", CRLF) + CRLF
 
 
 # --- headers -----------------------------------------------------------------------------
