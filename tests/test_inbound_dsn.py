@@ -372,6 +372,37 @@ async def test_an_auto_reply_is_recognised_and_not_a_bounce(tmp_path):
 
 
 @pytest.mark.anyio
+async def test_a_delivery_notice_is_recognised_and_not_a_bounce(tmp_path):
+    async with world(tmp_path) as w:
+        await w.send("ann@example.com")
+        sender = w.mx.to("ann@example.com").mail_from
+        notice = dsn(
+            sender, "ann@example.com", status="2.0.0", action="delivered", diagnostic="250 2.0.0 OK"
+        )
+
+        assert (await w.report(sender, notice))[0] == 250
+
+        assert await w.events("bounce", "deferred", "blocked", "spamreport") == []
+        assert not await w.listed("acme", "ann@example.com", "bounce")
+
+
+@pytest.mark.anyio
+async def test_a_bounce_sent_elsewhere_is_attributed_by_its_x_message_id(tmp_path):
+    async with world(tmp_path) as w:
+        message_id = await w.send("ann@example.com", "bob@example.com")
+        returned = f"X-Message-Id: {message_id}\r\nFrom: news@example.org\r\nTo: bob@example.com"
+        report = dsn(f"postmaster@{BOUNCES}", "bob@example.com", returned=returned)
+
+        assert (await w.report(f"postmaster@{BOUNCES}", report))[0] == 250
+
+        [bounce] = await w.events("bounce")
+        assert (bounce.message_id, bounce.recipient) == (message_id, "bob@example.com")
+        assert (bounce.data["attribution"], bounce.data["recipient_number"]) == ("x_message_id", 1)
+        assert await w.listed("acme", "bob@example.com", "bounce")
+        assert not await w.listed("acme", "ann@example.com", "bounce")
+
+
+@pytest.mark.anyio
 async def test_ordinary_mail_to_the_bounce_domain_is_kept_for_a_person(tmp_path):
     async with world(tmp_path) as w:
         letter = (
