@@ -25,6 +25,7 @@ from core.send.spool import Spool
 from core.send.verp import VerpCodec
 from core.settings import SettingsError
 from core.storage import Message, MessageRecipient
+from core.suppressions import Kind, normalise
 from core.transports import DeliveryResult, OutgoingMessage
 
 log = structlog.get_logger("scaisend.send")
@@ -33,6 +34,14 @@ SUBSTITUTIONS = "substitutions"
 """The name core's own edits go by: substitution keys replaced per recipient."""
 
 DELIVERY_BATCH = 200
+
+DROP_REASONS: Mapping[Kind, str] = {
+    "unsubscribe": "Unsubscribed Address",
+    "group_unsubscribe": "Unsubscribed Address",
+    "bounce": "Bounced Address",
+    "spamreport": "Spam Reporting Address",
+}
+"""The ``reason`` of a ``dropped`` event, by the suppression list that stopped the copy."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,10 @@ class SendService:
     ) -> list[DeliveryResult]:
         """Stamp and deliver every copy (but those in ``skip``) in batches; an event per result."""
         transport = self.runtime.transport()
+        dropped = await anyio.to_thread.run_sync(self._drop_suppressed, prepared, skip)
+        if dropped and progress is not None:
+            progress(len(dropped))
+        skip = skip | dropped
         results: list[DeliveryResult] = []
         batch: list[OutgoingMessage] = []
 
@@ -280,6 +293,40 @@ class SendService:
             delivered=sum(r.outcome == "delivered" for r in results),
         )
         return results
+
+    def _drop_suppressed(self, prepared: PreparedSend, skip: frozenset[int]) -> frozenset[int]:
+        """Screen the copies still to go against the tenant's suppression lists.
+
+        Each listed recipient gets a ``dropped`` event naming the list, and is marked done in
+        the spool so a resumed send does not drop it twice. Returns their numbers.
+        """
+        submission = prepared.submission
+        pending = [spec for spec in submission.recipients if spec.number not in skip]
+        if not pending:
+            return frozenset()
+        group_id = (submission.asm or {}).get("group_id")
+        listed = self.runtime.suppressions.screen(
+            prepared.tenant.id,
+            [spec.address.email for spec in pending],
+            group_id=group_id,
+            bypasses=submission.bypasses,
+        )
+        dropped = [spec.number for spec in pending if normalise(spec.address.email) in listed]
+        for number in dropped:
+            kind = listed[normalise(submission.recipients[number].address.email)]
+            data: dict[str, Any] = {"reason": DROP_REASONS[kind], "suppression": kind}
+            if kind == "group_unsubscribe":
+                data["asm_group_id"] = group_id
+            self.runtime.emit(self._event("dropped", prepared, number, data))
+        if dropped:
+            self.spool.mark_done(prepared.message_id, dropped)
+            log.info(
+                "send.dropped",
+                message_id=prepared.message_id,
+                tenant=prepared.tenant.id,
+                recipients=len(dropped),
+            )
+        return frozenset(dropped)
 
     def _record(
         self, prepared: PreparedSend, message: OutgoingMessage, result: DeliveryResult
