@@ -76,7 +76,7 @@ async def test_proxy_mode_rewrites_library_images_per_recipient_and_records_load
             f'<IMG SRC="{second["url"]}" style="display:block">\n'
             f"<img src={first['url']} alt=again>\n"
             '<img src="https://cdn.example.com/not-ours.png">\n'
-            "<img src='scaisend-image:img_doesnotexist00000000'>\n"
+            "<img src='scaisend-image:img_doesnotexist000000000000'>\n"
             "</body></html>"
         )
         response = await http.post(

@@ -19,7 +19,7 @@ from core import Feature, InstrumentContext, Recipient, StagedDocument, hookimpl
 from plugins.image_proxy.api import DEFAULT_MAX_BYTES
 from plugins.image_proxy.api import blueprint as library_blueprint
 from plugins.image_proxy.blobs import store_for
-from plugins.image_proxy.library import THUMBNAIL_SIZE, images_for_message
+from plugins.image_proxy.library import images_for_message
 from plugins.image_proxy.models import MODELS
 from plugins.image_proxy.references import references
 from plugins.image_proxy.routes import blueprint as proxy_blueprint
@@ -47,13 +47,6 @@ FEATURE = Feature(
                 "minimum": 1,
                 "default": DEFAULT_MAX_BYTES,
                 "description": "largest image POST /v3/images accepts; larger answers 413",
-            },
-            "thumbnail_size": {
-                "type": "integer",
-                "minimum": 16,
-                "maximum": 2048,
-                "default": THUMBNAIL_SIZE,
-                "description": "longest side of ?variant=thumbnail previews, in pixels",
             },
         },
     },

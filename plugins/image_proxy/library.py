@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import io
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from plugins.image_proxy.validation import ImageInfo, inspect
 
 THUMBNAIL_SIZE = 200
 """The longest side of a thumbnail, in pixels."""
+
+
+IMAGE_ID = re.compile(r"img_[A-Za-z0-9_-]{24}")
 
 
 def new_image_id() -> str:
@@ -102,9 +106,9 @@ class ImageLibrary:
         """Check and keep an upload; :class:`InvalidImage` if it is refused (nothing kept)."""
         info: ImageInfo = inspect(data, filename=filename, declared_type=declared_type)
         digest = content_hash(data)
-        with self._exclusive():
+        with self._exclusive(), self.db.connection_context():
             location = self.store.put(digest, data)
-            with self.db.connection_context():
+            try:
                 return LibraryImage.create(
                     id=new_image_id(),
                     tenant=tenant,
@@ -116,6 +120,9 @@ class ImageLibrary:
                     filename=filename[:255] if filename else None,
                     location=location,
                 )
+            except Exception:
+                self._forget_unused(digest, location)  # no row, so no file left behind
+                raise
 
     def get(self, tenant: str, image_id: str) -> LibraryImage | None:
         with self.db.connection_context():
@@ -167,6 +174,8 @@ class ImageLibrary:
     def lookup(self, image_id: str) -> Lookup:
         """The image to serve for ``image_id``, ``"gone"`` if it was deleted after being sent,
         ``None`` if there never was one."""
+        if not IMAGE_ID.fullmatch(image_id):
+            return None
         with self.db.connection_context():
             row = LibraryImage.get_or_none(LibraryImage.id == image_id)
         if row is None:

@@ -8,14 +8,13 @@ the image's library URL ``{tracking base}/i/{id}`` (what ``POST /v3/images`` ans
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from core.markup import Attribute, scan_tags
+from plugins.image_proxy.library import IMAGE_ID
 
 SCHEME = "scaisend-image:"
-_ID = re.compile(r"img_[A-Za-z0-9_-]{1,60}")
 _TAGS = frozenset({"img", "v:image", "v:fill"})
 
 
@@ -35,7 +34,7 @@ def image_id_of(url: str, tracking_base_url: str) -> str | None:
         candidate = url[len(library_url) :]
     else:
         return None
-    return candidate if _ID.fullmatch(candidate) else None
+    return candidate if IMAGE_ID.fullmatch(candidate) else None
 
 
 def references(source: str, tracking_base_url: str) -> Iterator[Reference]:
