@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import io
@@ -20,7 +21,14 @@ from core.runtime import EXTENSION, Runtime
 from core.storage import EventRecord
 from core.testing import Harness
 from plugins.image_proxy.library import ImageLibrary, make_thumbnail
-from tests.test_image_library import auth, delivered, image_bytes, live_server, tenants
+from tests.test_image_library import (  # noqa: F401 - database_url is a fixture
+    auth,
+    database_url,
+    delivered,
+    image_bytes,
+    live_server,
+    tenants,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -61,8 +69,11 @@ def html_of(message: EmailMessage) -> str:
     return str(part.get_content()).replace("\r\n", "\n")  # MIME lines end in CRLF
 
 
-async def test_proxy_mode_rewrites_library_images_per_recipient_and_records_loads(tmp_path):
-    harness = Harness(tmp_path, tenants=tenants())
+async def test_proxy_mode_rewrites_library_images_per_recipient_and_records_loads(
+    tmp_path,
+    database_url,  # noqa: F811
+):
+    harness = Harness(tmp_path, tenants=tenants(), database_url=database_url)
     logo, photo = image_bytes("PNG", seed=1), image_bytes("JPEG", seed=2)
     async with live_server(harness) as (http, app):
         key = auth(harness)
@@ -185,6 +196,63 @@ async def test_cid_mode_embeds_each_image_once_beside_the_html(tmp_path):
         f"<img src='cid:{content_ids[0]}'></p>"
     )
     assert "/i/" not in body
+
+
+async def test_cid_images_share_one_related_part_with_the_senders_inline_attachments(tmp_path):
+    harness = Harness(tmp_path, tenants=tenants())
+    logo = image_bytes("PNG", seed=5)
+    attached = image_bytes("JPEG", seed=6)
+    async with live_server(harness) as (http, app):
+        key = auth(harness)
+        image = (await http.post("/v3/images", files={"file": ("l.png", logo)}, headers=key)).json()
+        body = send_body(
+            f'<img src="scaisend-image:{image["id"]}"><img src="cid:banner">',
+            ["a@example.com"],
+            "cid",
+        )
+        body["content"] = body["content"][1:]  # HTML only
+        body["attachments"] = [
+            {
+                "content": base64.b64encode(attached).decode(),
+                "filename": "banner.jpg",
+                "type": "image/jpeg",
+                "disposition": "inline",
+                "content_id": "banner",
+            }
+        ]
+        response = await http.post("/v3/mail/send", json=body, headers=key)
+        assert response.status_code == 202, response.text
+        await delivered(app)
+        (message,) = outbox(harness, response.json()["message_id"])
+    assert message.get_content_type() == "multipart/related"
+    html_part, *inline = message.iter_parts()
+    assert html_part.get_content_type() == "text/html"
+    assert str(inline[0]["Content-ID"]) == "<banner>"
+    assert [part.get_content() for part in inline] == [attached, logo]
+    assert all(part.get_content_disposition() == "inline" for part in inline)
+    cid = str(inline[1]["Content-ID"]).strip("<>")
+    assert html_of(message) == f'<img src="cid:{cid}"><img src="cid:banner">'
+
+
+def test_inline_parts_need_an_html_body_and_valid_headers():
+    staged = Document(text="plain only").stage("image_proxy")
+    with pytest.raises(ValueError, match="HTML body"):
+        staged.add_inline("a@b", "image/png", b"x", "a.png")
+    document = Document(html="<p>")
+    staged = document.stage("image_proxy")
+    for content_id, content_type, filename, problem in (
+        ("no-at-sign", "image/png", "a.png", "Content-ID"),
+        ("a@b>\r\nX-Evil: 1", "image/png", "a.png", "Content-ID"),
+        ("a@b", "image/png\r\nX-Evil: 1", "a.png", "content type"),
+        ("a@b", "image/png", "a\r\n.png", "line break"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            staged.add_inline(content_id, content_type, b"x", filename)
+    staged.add_inline("img.1@scaisend", "image/png", b"x", "a.png")
+    staged.commit()
+    compiled = document.compile()
+    assert compiled.html is not None
+    assert [part.content_id for part in compiled.html.related] == ["img.1@scaisend"]
 
 
 # --- byte preservation, for any HTML -------------------------------------------------------
