@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import re
+from html.parser import HTMLParser
 from types import SimpleNamespace
 from urllib.parse import unquote
 
@@ -18,7 +19,9 @@ from core.config import ConfigError
 from core.send.service import SendService
 from core.storage.models import Suppression
 from core.testing import Harness, random_secret
-from plugins.subscription.pages import mask
+from plugins.subscription.groups import Group
+from plugins.subscription.pages import landing, mask
+from plugins.subscription.subscribers import GroupState, Preferences
 from tests.conftest import postgres_url
 from tests.postgres import fresh_database
 
@@ -425,6 +428,8 @@ async def test_landing_actions_change_state_once_and_record_events(tmp_path):
         ({"action": "unsubscribe_group", "group_id": "-1"}, 400),
         ({"action": "unsubscribe_group", "group_id": "99"}, 400),  # not the tenant's
         ({"action": "resubscribe_group", "group_id": "9" * 40}, 400),
+        ({"action": "unsubscribe_group", "group_id": "\u00b2"}, 400),
+        ({"action": "unsubscribe_group", "group_id": "\uff11"}, 400),
     ],
 )
 async def test_bad_landing_forms_are_refused_and_change_nothing(tmp_path, form, status):
@@ -813,6 +818,8 @@ async def test_a_new_group_never_inherits_a_deleted_groups_unsubscribes(tmp_path
         ("POST", "/v3/asm/groups", ["not", "an", "object"], 400),
         ("PATCH", "/v3/asm/groups/1", {"description": 5}, 400),
         ("GET", "/v3/asm/groups/abc", None, 404),
+        ("GET", "/v3/asm/groups/\u00b2", None, 404),
+        ("GET", "/v3/asm/groups?limit=%C2%B2", None, 400),
         ("GET", "/v3/asm/groups/999", None, 404),
         ("GET", "/v3/asm/groups?limit=0", None, 400),
         ("GET", "/v3/asm/groups?limit=501", None, 400),
@@ -917,3 +924,76 @@ async def test_bounce_and_spam_lists_page_and_delete(tmp_path, path, kind):
         left = await client.get(f"/v3/suppression/{path}", headers=acme)
         assert left.headers["X-Total-Count"] == "4"
     assert ("globex", kind, "other@example.com", 0) in suppressions(harness)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_concurrent_group_creations_get_distinct_ids(tmp_path, backend):
+    if backend == "sqlite":
+        await _concurrent_creations(tmp_path, None)
+    else:
+        with fresh_database(postgres_url()) as url:
+            await _concurrent_creations(tmp_path, url)
+
+
+async def _concurrent_creations(tmp_path, database_url: str | None) -> None:
+    harness = make_harness(tmp_path, database_url=database_url, plugin={})
+    async with harness.serving() as client:
+        responses = await asyncio.gather(
+            *(
+                client.post("/v3/asm/groups", json={"name": f"g{n}"}, headers=auth(harness))
+                for n in range(8)
+            )
+        )
+        assert [r.status_code for r in responses] == [201] * 8
+        ids = sorted([(await r.get_json())["id"] for r in responses])
+        assert ids == list(range(1, 9))
+        listed = await client.get("/v3/asm/groups", headers=auth(harness))
+        assert sorted(g["name"] for g in await listed.get_json()) == [f"g{n}" for n in range(8)]
+
+
+# --- pages escape whatever they show ---------------------------------------------------------
+
+
+class _Structure(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _structure(page: str) -> _Structure:
+    parser = _Structure()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+@settings(max_examples=200)
+@given(
+    name=st.text(min_size=1, max_size=40),
+    description=st.text(max_size=40),
+    local=st.text(min_size=1, max_size=20).filter(lambda t: "@" not in t),
+    unsubscribed=st.booleans(),
+)
+def test_pages_show_any_group_and_address_as_text_only(name, description, local, unsubscribed):
+    prefs = Preferences(
+        unsubscribed_all=False,
+        groups=(GroupState(Group(7, name, description, False), unsubscribed),),
+    )
+    reference = Preferences(
+        unsubscribed_all=False,
+        groups=(GroupState(Group(7, "n", "d" if description else "", False), unsubscribed),),
+    )
+    page = landing(None, f"{local}@example.com", prefs, f"Done with {name}")
+    plain = landing(None, "x@example.com", reference, "Done with n")
+    # Exactly the tags of a page with harmless values: nothing shown became markup.
+    assert _structure(page).tags == _structure(plain).tags
+    shown = "".join(_structure(page).text)
+    assert name in shown.replace("\r\n", "\n").replace("\r", "\n") or "\r" in name
+    assert f"{local[:1]}***@example.com" in shown or "\r" in local[:1]

@@ -28,6 +28,8 @@ blueprint = Blueprint("subscription_api", __name__)
 MAX_LIMIT = 500
 MAX_EMAILS = 1000
 _EMAIL = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[^@\s<>,;:\"()\[\]\\]+$")
+# ASCII digits only: str.isdigit() also accepts characters int() refuses ("²").
+_NUMBER = re.compile(r"^[0-9]{1,12}$")
 _LISTS: dict[str, Kind] = {"bounces": "bounce", "spam_reports": "spamreport"}
 
 P = ParamSpec("P")
@@ -65,7 +67,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _NUMBER.match(raw) or not low <= int(raw) <= high:
         raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -124,7 +126,7 @@ def _group_fields(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
 
 
 def _group_id(raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) <= 2_000_000_000:
+    if not _NUMBER.match(raw) or not 0 < int(raw) <= 2_000_000_000:
         raise ApiError(404, "no such group")
     return int(raw)
 

@@ -11,6 +11,8 @@ import peewee as pw
 from core.storage.models import NO_GROUP, Suppression
 from plugins.subscription.models import UnsubscribeGroup
 
+_CREATE_ATTEMPTS = 20
+
 
 @dataclass(frozen=True)
 class Group:
@@ -94,8 +96,28 @@ class GroupStore:
             return {row.group_id: Group.of(row) for row in rows}
 
     def create(self, tenant: str, name: str, description: str, is_default: bool) -> Group:
-        """A new group with an id never used before by this tenant (nor by its suppressions)."""
-        with self.db.connection_context(), self.db.atomic():
+        """A new group whose id no other group, nor any group unsubscribe, of the tenant has.
+
+        Two creations racing for one id: the loser's insert fails on the key and it retries.
+        """
+        failures = 0
+        while True:
+            try:
+                return self._create(tenant, name, description, is_default)
+            except pw.IntegrityError:
+                failures += 1
+                if failures == _CREATE_ATTEMPTS:
+                    raise
+
+    def _create(self, tenant: str, name: str, description: str, is_default: bool) -> Group:
+        # SQLite: take the write lock before reading the highest id, or two readers deadlock
+        # upgrading to writers. PostgreSQL: the loser of a race retries on the key.
+        atomic = (
+            self.db.atomic("IMMEDIATE")
+            if isinstance(self.db, pw.SqliteDatabase)
+            else self.db.atomic()
+        )
+        with self.db.connection_context(), atomic:
             highest_group = (
                 UnsubscribeGroup.select(pw.fn.MAX(UnsubscribeGroup.group_id))
                 .where(UnsubscribeGroup.tenant == tenant)

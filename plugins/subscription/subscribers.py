@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -175,7 +176,7 @@ def apply(
 
 def parse_group(raw: str | None, allowed: Iterable[int]) -> int | None:
     """The group id of a form field, if it is a whole number among ``allowed``."""
-    if raw is None or not raw.strip().isdigit() or len(raw.strip()) > 12:
+    if raw is None or not re.fullmatch(r"[0-9]{1,12}", raw.strip()):
         return None
     group_id = int(raw.strip())
     return group_id if group_id in set(allowed) else None
