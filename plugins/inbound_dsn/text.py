@@ -1,0 +1,178 @@
+"""Text helpers for reading notices: line endings, decoded text, addresses, codes, the returned
+original."""
+
+from __future__ import annotations
+
+import email.header
+import email.message
+import html
+import re
+from typing import Final
+
+ADDRESS: Final = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+)
+# An enhanced status code, not part of a dotted IP address or version number.
+_STATUS: Final = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)")
+_REPLY_WITH_STATUS: Final = re.compile(
+    r"(?<![\d.])([245][0-5]\d)[ -]+[245]\.\d{1,3}\.\d{1,3}(?!\d)"
+)
+_REPLY: Final = re.compile(
+    r"(?:^|[\s:<>(\[\"'=]|said:|reply:)([245][0-5]\d)(?=[ -]\S|\s*$)", re.MULTILINE
+)
+_TAGS: Final = re.compile(r"<(?:script|style)\b.*?</(?:script|style)>|<[^>]*>", re.S | re.I)
+_ORIGINAL_TYPES: Final = frozenset(
+    {
+        "message/rfc822",
+        "text/rfc822-headers",
+        "message/rfc822-headers",
+        "message/global",
+        "message/global-headers",
+    }
+)
+# Lines that introduce the returned copy of the original message in a plain-text notice.
+_ORIGINAL_MARKER: Final = re.compile(
+    r"^[ \t>]*(?:[-=_*#]{2,}[ \t]*)?(?:"
+    r"(?:this is a )?copy of (?:the |your )?(?:original )?message"
+    r"|below this line is a copy"
+    r"|(?:the )?original message (?:follows|headers?|was|is)?\b(?!.{0,6}received)"
+    r"|original message\b"
+    r"|unsent message (?:below|follows)"
+    r"|returned message"
+    r"|message headers? follows?"
+    r"|(?:the )?headers? (?:of|from) (?:the |your )?(?:original )?message"
+    r"|undelivered message (?:headers|follows)"
+    r"|content-type: message/rfc822"
+    r"|original (?:e-?mail|mail) (?:follows|headers?)"
+    r"|forwarded message"
+    r"|bounced e-?mail"
+    r")",
+    re.IGNORECASE | re.MULTILINE,
+)
+_HEADER_BLOCK: Final = re.compile(
+    r"^(?:return-path|received|from|message-id|date)[ \t]*:.*\n"
+    r"(?:(?:[ \t].*|[A-Za-z][\w-]*[ \t]*:.*)\n){2,}",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def normalise_newlines(raw: bytes) -> bytes:
+    """CRLF and CR-only line endings become LF, so one set of rules reads all three."""
+    if b"\r" not in raw:
+        return raw
+    return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def decode_header(value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = email.header.decode_header(str(value))
+    except Exception:  # noqa: BLE001 - malformed encoded words: keep the raw text
+        return " ".join(str(value).split())
+    chunks = []
+    for chunk, charset in parts:
+        if isinstance(chunk, bytes):
+            try:
+                chunks.append(chunk.decode(charset or "utf-8", errors="replace"))
+            except LookupError:
+                chunks.append(chunk.decode("utf-8", errors="replace"))
+        else:
+            chunks.append(chunk)
+    return " ".join("".join(chunks).split())
+
+
+def addresses_in(text: str) -> list[str]:
+    return [m.group(0).strip(".").lower() for m in ADDRESS.finditer(text)]
+
+
+def find_status(text: str) -> str | None:
+    """The first failure (4.x.x or 5.x.x) status code in ``text``, else the first success one."""
+    success = None
+    for match in _STATUS.finditer(text):
+        if match.group(1) != "2":
+            return ".".join(match.groups())
+        if success is None:
+            success = ".".join(match.groups())
+    return success
+
+
+def find_reply_code(text: str) -> str | None:
+    match = _REPLY_WITH_STATUS.search(text) or _REPLY.search(text)
+    return match.group(1) if match else None
+
+
+def part_text(part: email.message.Message) -> str:
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        payload = part.get_payload()
+        return payload if isinstance(payload, str) else ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        text = data.decode(charset, errors="replace")
+    except LookupError:
+        text = data.decode("utf-8", errors="replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if part.get_content_type() == "text/html":
+        text = html.unescape(_TAGS.sub("\n", text))
+    return text
+
+
+def message_text(msg: email.message.Message, include_original: bool = False) -> str:
+    """The readable text of a notice; the returned original is left out unless asked for."""
+    chunks: list[str] = []
+    plain_seen = False
+    stack: list[email.message.Message] = [msg]
+    while stack:
+        part = stack.pop(0)
+        ctype = part.get_content_type()
+        if ctype in _ORIGINAL_TYPES and part is not msg:
+            if include_original:
+                chunks.append(_original_as_text(part))
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack[0:0] = [p for p in payload if isinstance(p, email.message.Message)]
+            continue
+        # a multipart type whose boundary is missing is read as the text it really is
+        if part.get_content_maintype() in ("text", "multipart") or part is msg:
+            if ctype == "text/html" and plain_seen:
+                continue
+            plain_seen = plain_seen or ctype == "text/plain"
+            chunks.append(part_text(part))
+    return "\n\n".join(chunks)
+
+
+def _original_as_text(part: email.message.Message) -> str:
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
+        return "\n".join(f"{k}: {v}" for k, v in payload[0].items())
+    return part_text(part)
+
+
+def original_part(msg: email.message.Message) -> email.message.Message | None:
+    """The headers of the returned original message, when a MIME part carries them."""
+    for part in msg.walk():
+        if part is msg or part.get_content_type() not in _ORIGINAL_TYPES:
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
+            return payload[0]
+        text = part_text(part)
+        if text:
+            return email.message_from_string(text.lstrip("\n"))
+    return None
+
+
+def cut_original(text: str) -> str:
+    """The notice without the returned original pasted at its end."""
+    cut = len(text)
+    marker = _ORIGINAL_MARKER.search(text)
+    if marker is not None:
+        cut = marker.start()
+    block = _HEADER_BLOCK.search(text)
+    if block is not None and block.start() < cut:
+        cut = block.start()
+    return text[:cut]

@@ -1,0 +1,265 @@
+"""Bounce and complaint parsing against real messages from ../shared/corpus/bounces.
+
+Expected values come from the corpus's expected.jsonl, read at run time; nothing is copied here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from plugins.inbound_dsn.commands import parse_bounce
+from plugins.inbound_dsn.parse import parse_message, parse_path
+from plugins.inbound_dsn.reasons import REASONS
+
+BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "bounces"
+MAILDIR = BOUNCES / "corpus"
+
+
+@cache
+def expected() -> dict[str, list[dict[str, Any]]]:
+    by_file: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with (BOUNCES / "expected.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            by_file[row["file"]].append(row)
+    return dict(by_file)
+
+
+def names(row: dict[str, Any]) -> set[str]:
+    return {a.lower() for a in [row["recipient"], *(row.get("recipient_alternates") or [])] if a}
+
+
+def found(row: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    wanted = names(row)
+    return next((item for item in items if item["recipient"] in wanted), None)
+
+
+def test_the_corpus_is_there() -> None:
+    assert len(expected()) >= 500, f"expected the bounce corpus at {BOUNCES}"
+
+
+# One or more messages per format: standard DSNs, the plain-text notices of the common MTAs,
+# provider formats, Amazon SES JSON, ARF and vendor complaints.
+FORMATS = [
+    "maildir/bsd/lhost-postfix-04.eml",
+    "maildir/bsd/lhost-postfix-05.eml",
+    "maildir/bsd/lhost-exim-02.eml",
+    "maildir/bsd/lhost-exim-05.eml",
+    "maildir/bsd/lhost-sendmail-01.eml",
+    "maildir/bsd/lhost-sendmail-03.eml",
+    "maildir/bsd/lhost-qmail-03.eml",
+    "maildir/bsd/lhost-qmail-07.eml",
+    "maildir/bsd/lhost-office365-01.eml",
+    "maildir/bsd/lhost-exchange2003-01.eml",
+    "maildir/bsd/lhost-exchange2007-03.eml",
+    "maildir/bsd/lhost-gmail-03.eml",
+    "maildir/bsd/lhost-yahoo-01.eml",
+    "maildir/bsd/lhost-outlook-01.eml",
+    "maildir/bsd/lhost-amazonses-07.eml",
+    "maildir/bsd/lhost-amazonses-10.eml",
+    "maildir/bsd/lhost-opensmtpd-01.eml",
+    "maildir/bsd/lhost-dragonfly-01.eml",
+    "maildir/bsd/lhost-courier-01.eml",
+    "maildir/bsd/lhost-mailru-03.eml",
+    "maildir/bsd/rhost-google-03.eml",
+    "maildir/bsd/rhost-microsoft-02.eml",
+    "maildir/bsd/rhost-aol-01.eml",
+    "maildir/bsd/rfc3464-03.eml",
+    "maildir/bsd/arf-01.eml",
+    "maildir/bsd/arf-16.eml",
+    "maildir/bsd/arf-26.eml",
+    "maildir/dos/lhost-postfix-01.eml",
+    "maildir/mac/lhost-postfix-01.eml",
+    "maildir/dos/arf-01.eml",
+    "maildir/mac/lhost-sendmail-01.eml",
+]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_format_yields_the_expected_recipients_codes_and_reasons(name: str) -> None:
+    items = parse_path(str(MAILDIR / name))
+    for row in expected()[name]:
+        item = found(row, items)
+        assert item is not None, f"{row['recipient']} not found in {items}"
+        if row["status"] and not row["status_is_pseudo"]:
+            assert item["status"] == row["status"]
+        assert item["reason"] == row["reason"]
+        assert item["hardbounce"] == row["hardbounce"]
+        if row["is_arf"]:
+            assert item["feedback_type"] == row["feedback_type"]
+
+
+def test_a_dsn_reports_reply_code_diagnostic_and_the_original_message_id() -> None:
+    name = "maildir/bsd/lhost-postfix-04.eml"
+    report = parse_message((MAILDIR / name).read_bytes())
+    row = expected()[name][0]
+    assert report.kind == "bounce"
+    assert report.original_message_id == row["original_message_id"]
+    item = report.recipients[0]
+    assert item.reply_code == row["replycode"]
+    assert item.diagnostic
+
+
+def test_the_original_message_id_is_recovered_for_attribution() -> None:
+    reports = [
+        (parse_message((MAILDIR / name).read_bytes()), rows[0]["original_message_id"])
+        for name, rows in expected().items()
+        if rows[0]["original_message_id"] and rows[0]["kind"] in ("bounce", "feedback")
+    ]
+    recovered = sum(
+        report.original_message_id is not None
+        and report.original_message_id.strip("<>") == wanted.strip("<>")
+        for report, wanted in reports
+    )
+    assert len(reports) >= 400
+    assert recovered / len(reports) >= 0.9
+
+
+@pytest.mark.parametrize("name", ["maildir/bsd/rfc3834-02.eml", "maildir/bsd/rfc3834-03.eml"])
+def test_auto_replies_are_recognised_and_yield_nothing(name: str) -> None:
+    assert parse_message((MAILDIR / name).read_bytes()).kind == "vacation"
+    assert parse_path(str(MAILDIR / name)) == []
+
+
+def test_delivery_reports_are_recognised_and_yield_nothing() -> None:
+    name = "maildir/bsd/rfc3464-28.eml"
+    assert parse_message((MAILDIR / name).read_bytes()).kind == "delivered"
+    assert parse_path(str(MAILDIR / name)) == []
+
+
+@pytest.mark.parametrize("path", sorted((MAILDIR / "maildir" / "not").glob("*.eml")))
+def test_messages_that_are_no_reports_yield_nothing(path: Path) -> None:
+    assert parse_path(str(path)) == []
+
+
+def test_every_reason_is_in_the_documented_taxonomy() -> None:
+    seen = {item["reason"] for path in MAILDIR.rglob("*.eml") for item in parse_path(str(path))}
+    assert seen <= set(REASONS)
+
+
+def score() -> dict[str, float]:
+    """Recall, real-status and reason accuracy, ARF recall and false positives, the way the
+    corpus's scorer counts them, over the bounce and complaint messages."""
+    hits = total = status_ok = status_n = reason_ok = reason_n = 0
+    arf_files = arf_hits = false_positives = 0
+    for name, rows in expected().items():
+        items = parse_path(str(MAILDIR / name))
+        kind = rows[0]["kind"]
+        if kind == "not_bounce":
+            false_positives += bool(items)
+            continue
+        if kind not in ("bounce", "feedback"):
+            continue
+        if any(row["is_arf"] for row in rows):
+            arf_files += 1
+            arf_hits += any(i["reason"] == "feedback" for i in items)
+        for row in rows:
+            if not row["recipient"]:
+                continue
+            item = found(row, items)
+            total += 1
+            hits += item is not None
+            if row["status"] and not row["status_is_pseudo"]:
+                status_n += 1
+                status_ok += item is not None and item["status"] == row["status"]
+            if row["reason"]:
+                reason_n += 1
+                reason_ok += item is not None and item["reason"] == row["reason"]
+    return {
+        "recall": hits / total,
+        "status": status_ok / status_n,
+        "reason": reason_ok / reason_n,
+        "arf": arf_hits / arf_files,
+        "false_positives": false_positives,
+    }
+
+
+def test_corpus_wide_metrics_hold_their_floors() -> None:
+    metrics = score()
+    assert metrics["recall"] >= 0.97
+    assert metrics["status"] >= 0.95
+    assert metrics["reason"] >= 0.78
+    assert metrics["arf"] >= 0.95
+    assert metrics["false_positives"] == 0
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"])
+def test_crlf_and_cr_only_copies_parse_like_the_lf_original(ending: bytes) -> None:
+    for name in ("lhost-postfix-04.eml", "lhost-exim-05.eml", "lhost-qmail-03.eml", "arf-16.eml"):
+        raw = (MAILDIR / "maildir" / "bsd" / name).read_bytes()
+        converted = raw.replace(b"\r\n", b"\n").replace(b"\n", ending)
+        assert parse_message(converted) == parse_message(raw)
+
+
+def test_the_command_prints_the_json_list(tmp_path: Path) -> None:
+    name = "maildir/bsd/lhost-postfix-04.eml"
+    result = CliRunner().invoke(parse_bounce, [str(MAILDIR / name)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == parse_path(str(MAILDIR / name))
+    junk = tmp_path / "junk.eml"
+    junk.write_bytes(b"\x00\xff not a message")
+    result = CliRunner().invoke(parse_bounce, [str(junk)])
+    assert result.exit_code == 0
+    assert json.loads(result.output) == []
+
+
+SAMPLES = [
+    (MAILDIR / "maildir" / "bsd" / n).read_bytes()
+    for n in ("lhost-postfix-04.eml", "lhost-exim-05.eml", "arf-16.eml", "lhost-amazonses-10.eml")
+]
+
+
+@given(st.binary(max_size=4000))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
+    report = parse_message(raw)
+    assert report.kind in ("bounce", "feedback", "vacation", "delivered", "not_bounce")
+    assert all(item.reason in REASONS for item in report.recipients)
+
+
+@given(
+    st.sampled_from(SAMPLES),
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=20000), st.binary(min_size=0, max_size=40)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_mangled_reports_never_raise(sample: bytes, edits: list[tuple[int, bytes]]) -> None:
+    raw = sample
+    for offset, chunk in edits:
+        at = offset % (len(raw) + 1)
+        raw = raw[:at] + chunk + raw[at + len(chunk) // 2 :]
+    report = parse_message(raw)
+    assert all(item.reason in REASONS for item in report.recipients)
+    json.dumps([item.to_json(report) for item in report.recipients])
+
+
+MANGLED_HEADERS = st.sampled_from(
+    [
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary=""\n',
+        b'Content-Type: multipart/report; boundary="x"\n',
+        b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n",
+        b'Content-Type: message/feedback-report; charset="\xff\xfe"\n',
+        b"Subject: =?utf-8?b?====?= =?x-unknown?q?abc?=\n",
+        b"Content-Type: text/plain; charset=no-such-charset\n",
+    ]
+)
+
+
+@given(MANGLED_HEADERS, st.binary(max_size=2000))
+@settings(max_examples=200, deadline=None)
+def test_broken_mime_headers_never_raise(header: bytes, body: bytes) -> None:
+    raw = b"From: MAILER-DAEMON@example.org\n" + header + b"\n" + body
+    report = parse_message(raw)
+    assert report.kind in ("bounce", "feedback", "vacation", "delivered", "not_bounce")
