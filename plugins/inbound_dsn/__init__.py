@@ -15,6 +15,7 @@ from core.hookspecs import hookimpl
 from core.inbound import UNATTRIBUTED_DIR, InboundMessage, keep
 from core.runtime import Runtime
 from plugins.inbound_dsn.attribution import Attributor
+from plugins.inbound_dsn.commands import register_commands as register_commands
 from plugins.inbound_dsn.effects import apply
 from plugins.inbound_dsn.parse import parse_message
 from plugins.inbound_dsn.report import Report
