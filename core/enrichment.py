@@ -27,8 +27,32 @@ import peewee as pw
 
 from core.events import Event
 from core.storage import FirstInteraction, MessageRecipient
+from core.storage.bulk import execute_many, insert_ignoring_conflicts
 
 DEDUPE_KEY = "dedupe_key"
+
+_INTERACTION_FIELDS = (
+    FirstInteraction.message_id,
+    FirstInteraction.recipient_number,
+    FirstInteraction.kind,
+    FirstInteraction.key_hash,
+    FirstInteraction.event_id,
+    FirstInteraction.at,
+)
+
+
+def _first_open_sql(db: pw.Database) -> str:
+    """Set a recipient's first-open time unless it is already set (one statement per open)."""
+    table = MessageRecipient._meta.table_name
+    first_open = MessageRecipient.first_open_at.column_name
+    message = MessageRecipient.message.column_name
+    number = MessageRecipient.number.column_name
+    mark = db.param
+    # Names come from the model and values are bound, never interpolated.
+    return (
+        f'UPDATE "{table}" SET "{first_open}" = {mark} '  # noqa: S608
+        f'WHERE "{message}" = {mark} AND "{number}" = {mark} AND "{first_open}" IS NULL'
+    )
 
 
 def _key_hash(key: str) -> str:
@@ -59,6 +83,8 @@ class EventEnricher:
         if not relevant:
             return events
         self.db.connect(reuse_if_open=True)
+        # Every statement below runs on self.db, inside this one transaction, whichever
+        # database the models' proxy was last pointed at.
         with self.db.atomic():
             emails = self._emails(relevant)
             firsts = self._first_interactions(relevant)
@@ -99,7 +125,8 @@ class EventEnricher:
                 MessageRecipient.message, MessageRecipient.number, MessageRecipient.email
             )
             .where(MessageRecipient.message.in_(sorted(wanted)))
-            .tuples(),
+            .tuples()
+            .execute(self.db),
         )
         return {(message, number): email for message, number, email in rows}
 
@@ -110,19 +137,11 @@ class EventEnricher:
         rows: dict[tuple[str, int, str, str], Event] = {}
         for event in sorted(candidates, key=lambda e: e.timestamp):
             rows.setdefault(self._interaction(event), event)
-        FirstInteraction.insert_many(
-            [
-                {
-                    "message_id": key[0],
-                    "recipient_number": key[1],
-                    "kind": key[2],
-                    "key_hash": key[3],
-                    "event_id": event.id,
-                    "at": event.timestamp.replace(tzinfo=None),
-                }
-                for key, event in rows.items()
-            ]
-        ).on_conflict_ignore().execute()
+        insert_ignoring_conflicts(
+            self.db,
+            _INTERACTION_FIELDS,
+            [(*key, event.id, event.timestamp.replace(tzinfo=None)) for key, event in rows.items()],
+        )
         stored = cast(
             Iterable[tuple[str, int, str, str, str]],
             FirstInteraction.select(
@@ -136,7 +155,8 @@ class EventEnricher:
                 FirstInteraction.message_id.in_(sorted({key[0] for key in rows}))
                 & FirstInteraction.kind.in_(sorted({key[2] for key in rows}))
             )
-            .tuples(),
+            .tuples()
+            .execute(self.db),
         )
         return {
             (message, number, kind, key_hash): event_id
@@ -147,17 +167,11 @@ class EventEnricher:
     def _record_first_opens(
         self, events: list[Event], firsts: dict[tuple[str, int, str, str], str]
     ) -> None:
-        for event in events:
-            if event.type != "open" or DEDUPE_KEY not in event.data:
-                continue
-            if firsts.get(self._interaction(event)) != event.id:
-                continue
-            (
-                MessageRecipient.update(first_open_at=event.timestamp.replace(tzinfo=None))
-                .where(
-                    (MessageRecipient.message == event.message_id)
-                    & (MessageRecipient.number == event.data["recipient_number"])
-                    & (MessageRecipient.first_open_at.is_null())
-                )
-                .execute()
-            )
+        first_opens = [
+            (event.timestamp.replace(tzinfo=None), event.message_id, event.data["recipient_number"])
+            for event in events
+            if event.type == "open"
+            and DEDUPE_KEY in event.data
+            and firsts.get(self._interaction(event)) == event.id
+        ]
+        execute_many(self.db, _first_open_sql(self.db), first_opens)
