@@ -3,6 +3,7 @@ server back."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from core import hookimpl
 from core.config import SigningKey
 from core.events import Event
 from core.sinks import SinkType
-from core.storage import EventRecord, connect_database
+from core.storage import EventRecord, Message, MessageRecipient, connect_database
 from core.testing import Harness, base_document
 from core.tokens import TokenCodec
 from sinks.database import DatabaseSink
@@ -365,6 +366,52 @@ def test_the_database_sink_stores_every_field(tmp_path, database_url):
         assert row.timestamp == event.timestamp.replace(tzinfo=None)  # naive UTC
         assert row.data == dict(event.data)
         assert row.bot == (dict(event.bot) if event.bot is not None else None)
+
+
+def test_opens_through_the_bus_are_enriched_in_batches(tmp_path, database_url):
+    """Many opens in one batch: addresses, the unique one each, and each first-open time."""
+    harness = Harness(tmp_path, database_url=database_url)
+    runtime = harness.open_runtime()
+    start = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    opens = [
+        Event(
+            type="open",
+            tenant="acme",
+            message_id=f"m{n % 50:02d}",
+            data={"recipient_number": (n // 50) % 2, "dedupe_key": ""},
+            timestamp=start + dt.timedelta(seconds=n),
+        )
+        for n in range(300)
+    ]
+    try:
+        with runtime.db.connection_context():
+            for m in range(50):
+                Message.create(id=f"m{m:02d}", tenant="acme")
+                for number in (0, 1):
+                    MessageRecipient.create(
+                        message=f"m{m:02d}", number=number, email=f"r{number}@m{m:02d}.example"
+                    )
+        for event in opens:
+            runtime.emit(event)
+        runtime.start()
+        assert runtime.bus.flush()
+        with runtime.db.connection_context():
+            stored = {row.id: row for row in EventRecord.select()}
+            first_opens = {
+                (r.message_id, r.number): r.first_open_at for r in MessageRecipient.select()
+            }
+    finally:
+        runtime.close()
+    for n, event in enumerate(opens):
+        row = stored[event.id]
+        number = (n // 50) % 2
+        assert row.recipient == f"r{number}@{event.message_id}.example"
+        assert row.data["unique"] is (n < 100)  # the first open of each recipient
+    assert first_opens == {
+        (f"m{m:02d}", number): (start + dt.timedelta(seconds=m + 50 * number)).replace(tzinfo=None)
+        for m in range(50)
+        for number in (0, 1)
+    }
 
 
 def test_a_line_torn_by_a_crash_is_skipped_and_the_journal_goes_on(tmp_path):
