@@ -121,7 +121,9 @@ def _parse(raw: bytes) -> Report:
                 subject,
             )
     failed_header = addresses_in(" ".join(str(v) for v in msg.get_all("x-failed-recipients") or []))
-    evidence = bool(failed_header) or _has_codes(text)
+    evidence = (
+        bool(failed_header) or _has_codes(text) or msg.get_content_type() == "multipart/report"
+    )
     if _is_auto_reply(msg, subject, evidence):
         return _with_attribution(Report(kind="vacation"), headers, msg, subject)
     if not failed_header and not _looks_like_bounce(msg, subject, text):
@@ -194,7 +196,7 @@ def _dsn_blocks(
     if not texts:
         body = message_text(msg)
         if re.search(r"^(?:final|original)-recipient\s*:", body, re.IGNORECASE | re.MULTILINE):
-            texts = [cut_original(body)]
+            texts = [body]
     blocks: list[dict[str, str]] = []
     per_message: dict[str, str] = {}
     for text in texts:
@@ -443,8 +445,16 @@ _NOISE: Final = re.compile(
 )
 
 
+# Addresses a notice offers for help ("please contact <postmaster@...>") are not recipients.
+_HELP_ADDRESS: Final = re.compile(
+    r"(?:contact|send (?:e-?)?mail to|write to|mailto:|reply to)[^@\n]{0,20}"
+    r"<?[\w.+'=/-]+@[\w.-]+>?",
+    re.IGNORECASE,
+)
+
+
 def _strip_noise(text: str) -> str:
-    return _NOISE.sub("", text)
+    return _HELP_ADDRESS.sub("", _NOISE.sub("", text))
 
 
 def _paragraph_about(text: str, address: str, others: list[str] | None = None) -> str | None:

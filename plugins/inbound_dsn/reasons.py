@@ -54,7 +54,8 @@ HARD_REASONS: Final[frozenset[str]] = frozenset(
 
 
 def _rx(*phrases: str) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{p})" for p in phrases), re.IGNORECASE)
+    # matched against lower-cased text: case-insensitive matching is several times slower
+    return re.compile("|".join(f"(?:{p})" for p in phrases))
 
 
 # Checked in order: the more specific wordings come before the ones they would otherwise match
@@ -626,7 +627,7 @@ def classify(
     action: str | None = None,
 ) -> str:
     """The reason for one failed recipient, from its diagnostic text and enhanced status code."""
-    text = " ".join(diagnostic.split()) if diagnostic else ""
+    text = " ".join(diagnostic.lower().split()) if diagnostic else ""
     detail = status.partition(".")[2] if status else ""
     if detail in _DECISIVE:
         return _BY_STATUS[detail]
