@@ -27,7 +27,7 @@ import peewee as pw
 
 from core.events import Event
 from core.storage import FirstInteraction, MessageRecipient
-from core.storage.bulk import execute_many, insert_ignoring_conflicts
+from core.storage.bulk import insert_ignoring_conflicts, set_where_null
 
 DEDUPE_KEY = "dedupe_key"
 
@@ -39,20 +39,6 @@ _INTERACTION_FIELDS = (
     FirstInteraction.event_id,
     FirstInteraction.at,
 )
-
-
-def _first_open_sql(db: pw.Database) -> str:
-    """Set a recipient's first-open time unless it is already set (one statement per open)."""
-    table = MessageRecipient._meta.table_name
-    first_open = MessageRecipient.first_open_at.column_name
-    message = MessageRecipient.message.column_name
-    number = MessageRecipient.number.column_name
-    mark = db.param
-    # Names come from the model and values are bound, never interpolated.
-    return (
-        f'UPDATE "{table}" SET "{first_open}" = {mark} '  # noqa: S608
-        f'WHERE "{message}" = {mark} AND "{number}" = {mark} AND "{first_open}" IS NULL'
-    )
 
 
 def _key_hash(key: str) -> str:
@@ -167,11 +153,16 @@ class EventEnricher:
     def _record_first_opens(
         self, events: list[Event], firsts: dict[tuple[str, int, str, str], str]
     ) -> None:
-        first_opens = [
-            (event.timestamp.replace(tzinfo=None), event.message_id, event.data["recipient_number"])
+        first_opens = {
+            (event.message_id, event.data["recipient_number"]): event.timestamp.replace(tzinfo=None)
             for event in events
             if event.type == "open"
             and DEDUPE_KEY in event.data
             and firsts.get(self._interaction(event)) == event.id
-        ]
-        execute_many(self.db, _first_open_sql(self.db), first_opens)
+        }
+        set_where_null(
+            self.db,
+            MessageRecipient.first_open_at,
+            (MessageRecipient.message, MessageRecipient.number),
+            [(at, message, number) for (message, number), at in first_opens.items()],
+        )

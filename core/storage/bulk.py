@@ -3,8 +3,8 @@
 For thousands of rows, building a peewee query (one SQL node per value) costs more than the
 database's own work on them. These helpers write the statement once and let the driver run it
 over every row: ``executemany`` on SQLite, and on PostgreSQL ``execute_values`` (one
-multi-row ``INSERT`` per page) or ``execute_batch`` (statements sent in pages), so a batch
-costs a few round trips. The caller holds the connection and the transaction.
+multi-row statement per page), so a batch costs a few round trips. The caller holds the
+connection and the transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import peewee as pw
-from psycopg2.extras import execute_batch, execute_values  # type: ignore[import-untyped]
+from psycopg2.extras import execute_values  # type: ignore[import-untyped]
 
 
 def _is_postgres(db: pw.Database) -> bool:
@@ -63,14 +63,31 @@ def _json_value(field: pw.Field, value: Any, postgres: bool) -> Any:
     return json.dumps(value)  # SQLite: the statement wraps it in json(), as peewee does
 
 
-def execute_many(
-    db: pw.Database, sql: str, rows: Sequence[Sequence[Any]], page_size: int = 1000
+def set_where_null(
+    db: pw.Database,
+    target: pw.Field,
+    keys: Sequence[pw.Field],
+    rows: Sequence[Sequence[Any]],
+    page_size: int = 1000,
 ) -> None:
-    """Run ``sql`` (written with ``db.param`` placeholders) once per row of parameters."""
+    """For each row ``(value, *key values)``: set ``target`` to ``value`` on the stored row
+    whose ``keys`` match, unless it is already set. Rows must name distinct keys."""
     if not rows:
         return
+    table = target.model._meta.table_name
+    column = target.column_name
     cursor = db.cursor()  # type: ignore[no-untyped-call]
+    # Names come from the models and values are bound, never interpolated.
     if _is_postgres(db):
-        execute_batch(cursor, sql, rows, page_size=page_size)
+        names = ", ".join(f"k{i}" for i in range(len(keys)))
+        match = " AND ".join(f't."{key.column_name}" = v.k{i}' for i, key in enumerate(keys))
+        sql = (
+            f'UPDATE "{table}" AS t SET "{column}" = v.value '  # noqa: S608
+            f"FROM (VALUES %s) AS v(value, {names}) "
+            f'WHERE {match} AND t."{column}" IS NULL'
+        )
+        execute_values(cursor, sql, rows, page_size=page_size)
     else:
+        match = " AND ".join(f'"{key.column_name}" = ?' for key in keys)
+        sql = f'UPDATE "{table}" SET "{column}" = ? WHERE {match} AND "{column}" IS NULL'  # noqa: S608
         cursor.executemany(sql, rows)

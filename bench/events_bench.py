@@ -1,0 +1,269 @@
+"""Events per second the event bus makes durable: journal + ``database`` sink, batched.
+
+* ScaiSend: an :class:`EventBus` with this node's journal and the ``database`` sink (and the
+  enrichment step the server runs before sinks), exactly as the server builds them. The clock
+  runs from the first ``emit`` until ``flush`` returns, that is until every event is both in
+  the journal and committed to the database. Two kinds of event:
+  ``plain`` (no recipient number: enrichment has nothing to look up) and ``open`` (as the pixel
+  route emits them, for recipients stored beforehand as a send stores them, four per message:
+  enrichment adds each address, decides the unique open and records the first-open time).
+* Baselines, in the same run, into an empty ``events`` table of the same database: the same
+  rows with plain peewee, ``insert_many`` in one transaction per 1,000 rows, and one row per
+  transaction (the naive way; measured on fewer rows, it is slow).
+
+SQLite runs with the server's pragmas (WAL, ``synchronous=FULL``), so every commit is durable;
+PostgreSQL with its defaults (``fsync`` and ``synchronous_commit`` on). PostgreSQL runs when
+``SCAISEND_TEST_POSTGRES_URL`` is set; each measurement gets a database of its own there.
+
+Run ``python bench/events_bench.py`` in the bench environment (``tox -e bench``);
+``--events N`` changes the count (default 50,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import _common
+import peewee as pw
+from _common import fmt_rate, fmt_ratio, table
+from playhouse.pool import PooledDatabase
+
+from core import logs
+from core.enrichment import EventEnricher
+from core.events import Event, EventBus, Journal
+from core.storage import EventRecord, Message, MessageRecipient, connect_database, migrate
+from sinks.database import DatabaseSink
+from tests.postgres import fresh_database
+
+GOALS = {"sqlite": 10_000.0, "postgresql": 20_000.0}
+BASELINE_BATCH = 1_000
+ONE_BY_ONE_ROWS = 1_000
+
+
+def make_events(kind: str, count: int) -> list[Event]:
+    if kind == "plain":
+        return [
+            Event(type="delivered", tenant="acme", message_id=f"m{n:07d}", data={"n": n})
+            for n in range(count)
+        ]
+    return [
+        Event(
+            type="open",
+            tenant="acme",
+            message_id=f"m{n // 4:07d}",
+            data={
+                "recipient_number": n % 4,
+                "dedupe_key": "",
+                "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Thunderbird/115.0",
+                "ip": "203.0.113.7",
+            },
+        )
+        for n in range(count)
+    ]
+
+
+def rows_of(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """The rows the database sink writes, built the same way."""
+    return [
+        {
+            "id": event.id,
+            "type": event.type,
+            "tenant": event.tenant,
+            "message_id": event.message_id,
+            "recipient": event.recipient,
+            "timestamp": event.timestamp.replace(tzinfo=None),
+            "data": dict(event.data),
+            "bot": None,
+        }
+        for event in events
+    ]
+
+
+def close(db: pw.Database) -> None:
+    if isinstance(db, PooledDatabase):
+        db.close_all()
+    elif not db.is_closed():
+        db.close()
+
+
+@contextmanager
+def empty_database(backend: str, scratch: Path) -> Iterator[pw.Database]:
+    """A new, migrated database of the given kind, dropped afterwards."""
+    if backend == "sqlite":
+        directory = Path(tempfile.mkdtemp(dir=scratch))
+        db = connect_database(f"sqlite:///{directory / 'scaisend.db'}")
+        migrate(db)
+        try:
+            yield db
+        finally:
+            close(db)
+        return
+    with fresh_database(os.environ["SCAISEND_TEST_POSTGRES_URL"]) as url:
+        db = connect_database(url)
+        migrate(db)
+        try:
+            yield db
+        finally:
+            close(db)
+
+
+def stored_count(db: pw.Database) -> int:
+    with db.connection_context():
+        return int(EventRecord.select().count())
+
+
+def store_recipients(db: pw.Database, events: Sequence[Event]) -> None:
+    """The messages and recipients the events are about, as a send leaves them (untimed)."""
+    pairs = sorted(
+        {(e.message_id, e.data["recipient_number"]) for e in events if "recipient_number" in e.data}
+    )
+    if not pairs:
+        return
+    with db.connection_context(), db.atomic():
+        messages = sorted({message for message, _ in pairs})
+        for start in range(0, len(messages), 1000):
+            Message.insert_many(
+                [{"id": m, "tenant": "acme"} for m in messages[start : start + 1000]]
+            ).execute()
+        for start in range(0, len(pairs), 1000):
+            MessageRecipient.insert_many(
+                [
+                    {"message": m, "number": n, "email": f"r{n}@{m}.example"}
+                    for m, n in pairs[start : start + 1000]
+                ]
+            ).execute()
+
+
+def run_bus(db: pw.Database, events: list[Event], scratch: Path) -> float:
+    store_recipients(db, events)
+    journal = Journal(Path(tempfile.mkdtemp(dir=scratch)) / "journal")
+    bus = EventBus(journal, [DatabaseSink("database", db)], enrich=EventEnricher(db))
+    bus.start()
+    try:
+        started = time.perf_counter()
+        for event in events:
+            bus.emit(event)
+        if not bus.flush(timeout=600):
+            raise RuntimeError(f"the bus did not finish: {bus.status()}")
+        journal.sync()  # the journal's own durability counts too
+        elapsed = time.perf_counter() - started
+    finally:
+        bus.stop()
+    if stored_count(db) != len(events):
+        raise RuntimeError("the database does not hold every event")
+    return len(events) / elapsed
+
+
+def run_insert_many(db: pw.Database, events: list[Event]) -> float:
+    started = time.perf_counter()
+    rows = rows_of(events)
+    with db.connection_context():
+        for start in range(0, len(rows), BASELINE_BATCH):
+            with db.atomic():
+                EventRecord.insert_many(rows[start : start + BASELINE_BATCH]).execute()
+    elapsed = time.perf_counter() - started
+    if stored_count(db) != len(events):
+        raise RuntimeError("the database does not hold every row")
+    return len(events) / elapsed
+
+
+def run_one_by_one(db: pw.Database, events: list[Event]) -> float:
+    sample = events[:ONE_BY_ONE_ROWS]
+    started = time.perf_counter()
+    rows = rows_of(sample)
+    with db.connection_context():
+        for row in rows:
+            with db.atomic():
+                EventRecord.insert(row).execute()
+    return len(sample) / (time.perf_counter() - started)
+
+
+def measure(backend: str, name: str, scratch: Path, run: Callable[[pw.Database], float]) -> float:
+    with empty_database(backend, scratch) as db:
+        rate = run(db)
+    print(f"  {backend:<10} {name:<44} {fmt_rate(rate):>10} events/s", flush=True)
+    return rate
+
+
+def goal_text(rate: float, goal: float) -> str:
+    return f"{fmt_rate(goal)} {'met' if rate >= goal else 'MISSED'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000, help="events per measurement")
+    args = parser.parse_args()
+    logs.configure("warning", json=True)
+    backends = ["sqlite"]
+    if os.environ.get("SCAISEND_TEST_POSTGRES_URL"):
+        backends.append("postgresql")
+    else:
+        print("SCAISEND_TEST_POSTGRES_URL is not set: PostgreSQL is not measured")
+
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="events-bench-") as tmp:
+        scratch = Path(tmp)
+        for backend in backends:
+            plain = make_events("plain", args.events)
+            opens = make_events("open", args.events)
+            baseline = measure(
+                backend,
+                f"baseline: insert_many, {BASELINE_BATCH:,} rows/transaction",
+                scratch,
+                lambda db, events=plain: run_insert_many(db, events),
+            )
+            naive = measure(
+                backend,
+                "baseline: one row per transaction",
+                scratch,
+                lambda db, events=plain: run_one_by_one(db, events),
+            )
+            for kind, events in (("plain", plain), ("open", opens)):
+                rate = measure(
+                    backend,
+                    f"bus, {kind} events",
+                    scratch,
+                    lambda db, events=events: run_bus(db, events, scratch),
+                )
+                rows.append(
+                    [
+                        backend,
+                        f"{kind} events",
+                        fmt_rate(rate),
+                        fmt_rate(baseline),
+                        fmt_ratio(rate / baseline),
+                        fmt_rate(naive),
+                        fmt_ratio(rate / naive),
+                        goal_text(rate, GOALS[backend]),
+                    ]
+                )
+    print()
+    print(
+        table(
+            [
+                "database",
+                "events",
+                "bus events/s",
+                "insert_many/s",
+                "bus/insert_many",
+                "1 row/txn /s",
+                "bus/1 row/txn",
+                "goal",
+            ],
+            rows,
+            left=2,
+        )
+    )
+    print(f"\n{args.events:,} events per measurement; one-row baseline on {ONE_BY_ONE_ROWS:,}.")
+    print(_common.footer())
+
+
+if __name__ == "__main__":
+    main()
