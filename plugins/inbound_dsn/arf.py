@@ -13,7 +13,7 @@ import re
 from typing import Final
 
 from plugins.inbound_dsn.report import FailedRecipient, Report
-from plugins.inbound_dsn.text import addresses_in, decode_header, part_text
+from plugins.inbound_dsn.text import Parts, addresses_in, decode_header, part_text
 
 _REPORT_TYPES: Final = frozenset({"message/feedback-report", "text/feedback-report"})
 _RECIPIENT_FIELDS: Final = ("original-rcpt-to", "removal-recipient")
@@ -27,13 +27,13 @@ _FIELD: Final = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$", re.MUL
 
 
 def parse_complaint(
-    msg: email.message.Message, original: email.message.Message | None
+    msg: email.message.Message, original: email.message.Message | None, parts: Parts
 ) -> Report | None:
     """A ``feedback`` report, or None when the message is no complaint."""
-    for part in msg.walk():
-        if part.get_content_type() in _REPORT_TYPES:
+    for part, ctype in parts:
+        if ctype in _REPORT_TYPES:
             return _from_report(_fields(part), msg, original)
-    if msg.get_content_type() == "multipart/report" and (
+    if parts[0][1] == "multipart/report" and (
         (msg.get_param("report-type") or "") == "feedback-report"
     ):
         return _from_report({}, msg, original)

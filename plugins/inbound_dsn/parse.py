@@ -22,6 +22,7 @@ from plugins.inbound_dsn.reasons import classify, is_hard
 from plugins.inbound_dsn.report import FailedRecipient, Kind, Report
 from plugins.inbound_dsn.text import (
     ADDRESS,
+    Parts,
     addresses_in,
     cut_original,
     decode_header,
@@ -30,6 +31,7 @@ from plugins.inbound_dsn.text import (
     message_text,
     normalise_newlines,
     original_part,
+    parts_of,
 )
 from plugins.inbound_dsn.vendors import parse_ses
 
@@ -88,10 +90,11 @@ def scorer_items(report: Report) -> list[dict[str, Any]]:
 def _parse(raw: bytes) -> Report:
     msg = email.message_from_bytes(normalise_newlines(raw), policy=email.policy.compat32)
     subject = decode_header(msg.get("subject"))
-    original = original_part(msg)
+    parts = parts_of(msg)
+    original = original_part(msg, parts)
     headers = _original_headers(original) if original is not None else {}
 
-    complaint = arf.parse_complaint(msg, original)
+    complaint = arf.parse_complaint(msg, original, parts)
     if complaint is not None:
         return _with_attribution(complaint, headers, msg, subject)
 
@@ -100,7 +103,7 @@ def _parse(raw: bytes) -> Report:
     if ses is not None:
         return _with_attribution(ses, headers, msg, subject)
 
-    blocks, per_message = _dsn_blocks(msg)
+    blocks, per_message = _dsn_blocks(parts, body)
     text = cut_original(body)
     if not headers:
         headers = _headers_in_text(message_text(msg, include_original=True))
@@ -187,16 +190,15 @@ def _returned_start(text: str) -> int:
     return cut if cut < len(text) else -1
 
 
-def _dsn_blocks(
-    msg: email.message.Message,
-) -> tuple[list[dict[str, str]], dict[str, str]]:
+_PASTED_DSN: Final = re.compile(r"^(?:final|original)-recipient\s*:", re.IGNORECASE | re.MULTILINE)
+
+
+def _dsn_blocks(parts: Parts, body: str) -> tuple[list[dict[str, str]], dict[str, str]]:
     """Per-recipient field blocks and the per-message fields of every delivery-status part, or
     of DSN fields pasted into the text when no such part exists."""
-    texts = [_part_text(part) for part in msg.walk() if part.get_content_type() in _DSN_TYPES]
-    if not texts:
-        body = message_text(msg)
-        if re.search(r"^(?:final|original)-recipient\s*:", body, re.IGNORECASE | re.MULTILINE):
-            texts = [body]
+    texts = [_part_text(part) for part, ctype in parts if ctype in _DSN_TYPES]
+    if not texts and _PASTED_DSN.search(body):
+        texts = [body]
     blocks: list[dict[str, str]] = []
     per_message: dict[str, str] = {}
     for text in texts:

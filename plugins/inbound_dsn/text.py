@@ -152,10 +152,18 @@ def _original_as_text(part: email.message.Message) -> str:
     return part_text(part)
 
 
-def original_part(msg: email.message.Message) -> email.message.Message | None:
+Parts = list[tuple[email.message.Message, str]]
+"""Every part of a message with its content type, worked out once."""
+
+
+def parts_of(msg: email.message.Message) -> Parts:
+    return [(part, part.get_content_type()) for part in msg.walk()]
+
+
+def original_part(msg: email.message.Message, parts: Parts) -> email.message.Message | None:
     """The headers of the returned original message, when a MIME part carries them."""
-    for part in msg.walk():
-        if part is msg or part.get_content_type() not in _ORIGINAL_TYPES:
+    for part, ctype in parts:
+        if part is msg or ctype not in _ORIGINAL_TYPES:
             continue
         payload = part.get_payload()
         if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
