@@ -1,7 +1,8 @@
-"""The baseline of http_bench.py: a bare Quart app on Hypercorn answering the pixel.
+"""The baseline of http_bench.py: a bare Quart app on Hypercorn answering the tracking routes.
 
-Same route shape, the same constant 42-byte GIF and the same headers as ScaiSend's
-``GET /t/o/<token>.gif``, but no token check, no event, no plugins. It is served the way
+Same route shapes as ScaiSend's: ``GET /t/o/<token>.gif`` with the same constant 42-byte GIF
+and headers, and ``GET /t/c/<token>?u=...`` with the same 302 to ``u`` and the same headers,
+but no token check, no MAC over the destination, no event, no plugins. It is served the way
 ``scaisend serve`` serves (``hypercorn.asyncio.serve`` in one process, default worker class,
 access and error logs off), so the difference between the two is ScaiSend's own work.
 
@@ -17,7 +18,7 @@ import signal
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from quart import Quart, Response
+from quart import Quart, Response, request
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 HEADERS = {
@@ -32,6 +33,13 @@ app = Quart(__name__)
 @app.get("/t/o/<token>.gif")
 async def pixel(token: str) -> Response:
     return Response(PIXEL, status=200, headers=HEADERS)
+
+
+@app.get("/t/c/<token>")
+async def click(token: str) -> Response:
+    return Response(
+        status=302, headers={"Location": request.args["u"], "Cache-Control": "no-store"}
+    )
 
 
 @app.get("/health")

@@ -1,12 +1,23 @@
-"""Pixel requests on loopback: a REAL ScaiSend server against a bare Quart app on Hypercorn.
+"""Tracking routes on loopback: a REAL ScaiSend server against a bare Quart app on Hypercorn.
+
+Two routes, each measured against the bare app answering the same way in the same run:
+
+* the pixel, ``GET /t/o/{token}.gif``: every request carries a VALID token (one of 1,000
+  recipients of one message, minted with ``TokenCodec`` over the config's signing key), so each
+  one verifies an HMAC and journals an ``open`` event, as in production;
+* the click redirect, ``GET /t/c/{token}?u=...&s=...``: valid tokens over 50 destinations that
+  carry UTM parameters (as ganalytics writes them), each ``u`` bound to the message by its MAC
+  ``s``, so each request verifies the token and the binding, journals a ``click`` event and
+  answers 302 to the destination.
 
 * ScaiSend: ``scaisend serve --config FILE --host 127.0.0.1 --port P`` as a subprocess, the
   config built from ``core.testing.base_document`` with ``sinks: [database]`` (SQLite in a
-  temporary data directory). Every request carries a VALID token (one of 1,000 recipients of
-  one message, minted with ``TokenCodec`` over the config's signing key), so each one verifies
-  an HMAC and journals an ``open`` event, as in production.
-* Baseline: ``bench/_bare_pixel_app.py``, a Quart app answering the same route with the same
-  42-byte GIF and headers, served by Hypercorn the same way (one process, asyncio, logs off).
+  temporary data directory) and open, click and ganalytics tracking on for the tenant.
+* Baseline: ``bench/_bare_pixel_app.py``, a Quart app answering the pixel route with the same
+  42-byte GIF and headers and the redirect route with the same 302 to ``u`` (no token, no MAC,
+  no event, no plugins), served by Hypercorn the same way (one process, asyncio, logs off).
+
+For each route:
 
 1. Maximum throughput: ``wrk -t1 -c32 -d10s --latency`` with a Lua script cycling over the
    1,000 token URLs, against each server in turn (after a 2 s warm-up), ``--repeats`` times,
@@ -29,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import os
 import re
 import shutil
@@ -43,6 +55,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import _common
 import yaml
@@ -114,9 +127,15 @@ def stop(server: Server, timeout: float = 20.0) -> None:
             server.process.wait(5)
 
 
-def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
-    with _opener().open(url, timeout=5) as response:
-        return response.status, dict(response.headers), response.read()
+def fetch(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request, redirects not followed (a 302 is the answer being measured)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
 
 
 # --- wrk -------------------------------------------------------------------------------------
@@ -125,7 +144,7 @@ def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
 def lua_script(paths: list[str], target: Path) -> Path:
     entries = ",\n".join(f'  "{p}"' for p in paths)
     target.write_text(
-        "-- cycles over valid pixel URLs, one per request\n"
+        "-- cycles over valid tracking URLs, one per request\n"
         f"paths = {{\n{entries}\n}}\n"
         "counter = 0\n"
         "request = function()\n"
@@ -188,6 +207,10 @@ async def _exchange(reader, writer, request: bytes) -> int:
     match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
     if match:
         await reader.readexactly(int(match.group(1)))
+    elif re.search(rb"(?i)\r\ntransfer-encoding:\s*chunked", head):
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")  # the blank line after the last (empty) chunk
     return status
 
 
@@ -264,12 +287,36 @@ async def load(
 # --- the run ---------------------------------------------------------------------------------
 
 
-def count_opens(database: Path) -> int | None:
+def count_events(database: Path, kind: str) -> int | None:
     try:
         with contextlib.closing(sqlite3.connect(database)) as db:
-            return db.execute("SELECT count(*) FROM events WHERE type = 'open'").fetchone()[0]
+            return db.execute("SELECT count(*) FROM events WHERE type = ?", (kind,)).fetchone()[0]
     except sqlite3.Error:
         return None
+
+
+@dataclass
+class Route:
+    name: str
+    event: str
+    paths: list[str]
+    script: Path
+    answered: int = 0
+
+
+def click_paths(codec: TokenCodec, message_id: str) -> list[str]:
+    """Valid click URLs: every recipient's token over destinations tagged as ganalytics tags."""
+    targets = [
+        f"https://www.example.com/articles/{n}?ref=home&utm_source=newsletter"
+        f"&utm_medium=email&utm_campaign=spring%20sale#top"
+        for n in range(50)
+    ]
+    bindings = [codec.bind(message_id, target) for target in targets]
+    return [
+        f"/t/c/{codec.issue('acme', message_id, i)}"
+        f"?u={quote(targets[i % 50], safe='')}&s={bindings[i % 50]}"
+        for i in range(TOKENS)
+    ]
 
 
 def main() -> None:
@@ -285,13 +332,24 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="scaisend-http-bench-"))
     document = base_document(tmp / "data")
     document["server"]["sinks"] = [{"type": "database"}]
+    document["tenants"]["acme"]["tracking"] = {
+        "open_tracking": {"enable": True},
+        "click_tracking": {"enable": True},
+        "ganalytics": {"enable": True, "utm_source": "newsletter", "utm_medium": "email"},
+    }
     config_path = tmp / "scaisend.yaml"
     config_path.write_text(yaml.safe_dump(document))
     key = document["server"]["signing_keys"][0]
     codec = TokenCodec([SigningKey(key["id"], key["secret"].encode())])
     message_id = uuid.uuid4().hex
-    paths = [f"/t/o/{codec.issue('acme', message_id, i)}.gif" for i in range(TOKENS)]
-    script = lua_script(paths, tmp / "tokens.lua")
+    pixels = [f"/t/o/{codec.issue('acme', message_id, i)}.gif" for i in range(TOKENS)]
+    clicks = click_paths(codec, message_id)
+    routes = [
+        Route("pixel GET /t/o/<token>.gif", "open", pixels, lua_script(pixels, tmp / "o.lua")),
+        Route(
+            "redirect GET /t/c/<token>?u=&s=", "click", clicks, lua_script(clicks, tmp / "c.lua")
+        ),
+    ]
 
     scaisend_bin = Path(sys.executable).parent / "scaisend"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -333,17 +391,21 @@ def main() -> None:
             env,
         )
         servers.append(bare)
-        report(args, duration, repeats, wrk, script, paths, scaisend, bare, tmp)
+        verdicts = [report(args, duration, repeats, wrk, route, scaisend, bare) for route in routes]
+        print()
+        for line in (line for lines in verdicts for line in lines):
+            print(line)
+        print()
     finally:
         for server in servers:
             stop(server)
-        answered = getattr(main, "answered", None)
-        opens = count_opens(tmp / "data" / "scaisend.db")
-        if answered is not None:
+        for route in routes:
+            stored = count_events(tmp / "data" / "scaisend.db", route.event)
             print(
-                f"ScaiSend answered {answered:,} valid pixel requests; after a graceful stop "
-                f"its database holds {opens if opens is not None else '?':,} open events "
-                "(each request journals one; the database sink catches up in the background)"
+                f"ScaiSend answered {route.answered:,} valid {route.name} requests; after a "
+                f"graceful stop its database holds {stored if stored is not None else '?':,} "
+                f"{route.event} events (each request journals one; the database sink catches "
+                "up in the background)"
             )
         errors = (
             [
@@ -360,13 +422,13 @@ def main() -> None:
         print(_common.footer())
 
 
-def report(
-    args, duration, repeats, wrk, script, paths, scaisend: Server, bare: Server, tmp: Path
-) -> None:
+def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: Server) -> list[str]:
+    """Measure one route on both servers, print its tables; the goal lines."""
+    paths, script = route.paths, route.script
     # The two answer alike: same status, body and headers (but Date).
     shapes = {}
     for server in (scaisend, bare):
-        status, headers, body = fetch(server.base + paths[0])
+        status, headers, body = fetch(server.port, paths[0])
         shapes[server.name] = (
             status,
             len(body),
@@ -414,12 +476,10 @@ def report(
         )
         answered += result["requests"] if server is scaisend else 0
         half_rows.append((server.name, result))
-    main.answered = answered
+    route.answered = answered
 
-    print(
-        f"Pixel requests (GET /t/o/<valid token>.gif, 1,000 tokens cycled) on {HOST}, "
-        f"{duration:g} s per run"
-    )
+    print()
+    print(f"== {route.name}: valid tokens (1,000 cycled) on {HOST}, {duration:g} s per run")
     print()
     print(f"1. Maximum throughput: {method}")
     print()
@@ -495,14 +555,12 @@ def report(
         print(f"  {name:<24} {shape[0]} {shape[1]} bytes {shape[2]}")
     print()
     p99 = half_rows[1][1]["p99"]
-    print(
-        f"goal throughput ScaiSend >= {GOAL_THROUGHPUT:g}x bare: {fmt_ratio(ratio)} -> "
-        f"{'met' if ratio >= GOAL_THROUGHPUT else 'MISSED'}"
-    )
-    print(
-        f"goal p99 <= {GOAL_P99_MS:g} ms at half load: {p99:.2f} ms -> "
-        f"{'met' if p99 <= GOAL_P99_MS else 'MISSED'}"
-    )
+    return [
+        f"goal [{route.name}] throughput ScaiSend >= {GOAL_THROUGHPUT:g}x bare: "
+        f"{fmt_ratio(ratio)} -> {'met' if ratio >= GOAL_THROUGHPUT else 'MISSED'}",
+        f"goal [{route.name}] p99 <= {GOAL_P99_MS:g} ms at half load: {p99:.2f} ms -> "
+        f"{'met' if p99 <= GOAL_P99_MS else 'MISSED'}",
+    ]
 
 
 if __name__ == "__main__":
