@@ -33,7 +33,7 @@ from plugins.inbound_dsn.text import (
     original_part,
     parts_of,
 )
-from plugins.inbound_dsn.vendors import parse_ses
+from plugins.inbound_dsn.vendors import localised_reason, parse_ses
 
 log = structlog.get_logger(__name__)
 
@@ -413,7 +413,7 @@ def _from_text(
         status = find_status(around) or (find_status(text) if len(candidates) == 1 else None)
         reason = classify(around, status, action="failed")
         if reason == "undefined":
-            reason = classify(text, status, action="failed")
+            reason = localised_reason(text) or classify(text, status, action="failed")
         recipients.append(
             FailedRecipient(
                 recipient=address,

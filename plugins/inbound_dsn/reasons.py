@@ -73,6 +73,8 @@ _PHRASES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"message (?:is )?(?:not|non)[ -]compliant",
         ),
     ),
+    ("contenterror", _rx(r"8-?bit data", r"improper use of 8")),
+    ("onhold", _rx(r"\bon hold\b")),
     (
         "mailererror",
         _rx(
@@ -86,6 +88,19 @@ _PHRASES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ),
     ("badreputation", _rx(r"(?:low|poor|bad|negative) (?:sender )?reputation")),
     (
+        "securityerror",
+        _rx(
+            r"smtp authentication",
+            r"without authentication",
+            r"authentication (?:is )?required",
+            r"must authenticate",
+            r"(?:tls|ssl|encryption) (?:is )?required",
+            r"must (?:use|issue a) starttls",
+            r"required authentication level",
+            r"authentication requirements",
+        ),
+    ),
+    (
         "authfailure",
         _rx(
             r"\bspf\b(?!\s+records?).{0,40}\b(?:fail|check|validation|hard)",
@@ -97,6 +112,8 @@ _PHRASES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"unauthenticated email",
             r"not authorized to send on behalf",
             r"\bspf (?:softfail|neutral)",
+            r"bad spf",
+            r"(?:per|by) (?:its|it.s|the) spf",
         ),
     ),
     (
@@ -120,19 +137,6 @@ _PHRASES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
         ),
     ),
     (
-        "securityerror",
-        _rx(
-            r"smtp authentication",
-            r"without authentication",
-            r"authentication (?:is )?required",
-            r"must authenticate",
-            r"(?:tls|ssl|encryption) (?:is )?required",
-            r"must (?:use|issue a) starttls",
-            r"required authentication level",
-            r"authentication requirements",
-        ),
-    ),
-    (
         "policyviolation",
         _rx(
             r"(?:for|due to) (?:local |security |site )?polic(?:y|ies)(?: reasons)?",
@@ -146,7 +150,14 @@ _PHRASES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ),
     (
         "virusdetected",
-        _rx(r"\bvirus", r"malware", r"infected", r"trojan", r"malicious (?:content|attachment)"),
+        _rx(
+            r"virus (?:found|detected|infected|alert)",
+            r"contains? (?:a )?virus",
+            r"malware",
+            r"infected",
+            r"trojan",
+            r"malicious (?:content|attachment)",
+        ),
     ),
     (
         "hasmoved",
@@ -296,7 +307,10 @@ _PHRASES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "blocked",
         _rx(
-            r"blocklist",
+            r"block ?list",
+            r"refused to talk to me",
+            r"(?:my|our) (?:host ?)?name was rejected",
+            r"smtp server of your isp",
             r"blocked (?:ip|host|sender|by|due to|for|because of|using)",
             r"(?:\bip\b|host|connection|sender|you|your \w+|server|domain) (?:has been |is |was "
             r"|are )?(?:temporarily )?blocked",
@@ -599,9 +613,10 @@ _DECISIVE: Final[frozenset[str]] = frozenset(
     {"1.2", "1.6", "1.8", "2.2", "2.3", "3.4", "7.25", "7.26", "7.509"}
 )
 _COMMAND: Final = re.compile(
-    r"(?:(?:after|in reply to|reply to|during|for|>>>|in:)\s+(?:the\s+)?"
+    r"(?:(?:after|in reply to|reply to|during|for|>>>|in:|our)\s+(?:the\s+)?"
     r"(RCPT|MAIL|DATA|end of data|HELO|EHLO|STARTTLS)\b)"
-    r"|\b(RCPT|MAIL FROM|DATA|HELO|EHLO)(?: TO)? command",
+    r"|\b(RCPT|MAIL FROM|DATA|HELO|EHLO)(?: TO)? command"
+    r"|smtp command:?\s+(RCPT|MAIL|DATA)\b",
     re.IGNORECASE,
 )
 
@@ -609,11 +624,14 @@ _COMMAND: Final = re.compile(
 _TIMED_OUT: Final = re.compile(r"timed? ?out", re.IGNORECASE)
 
 
+_REJECTED_BECAUSE: Final = re.compile(r"recipient address rejected: ?(?=\S)")
+
+
 def smtp_command(text: str) -> str | None:
     """The SMTP command a diagnostic says the reply answered (the last one it names)."""
     found = None
     for match in _COMMAND.finditer(text):
-        found = match.group(1) or match.group(2)
+        found = match.group(1) or match.group(2) or match.group(3)
     if found is None:
         return None
     word = found.split()[0].upper()
@@ -632,6 +650,12 @@ def classify(
     if detail in _DECISIVE:
         return _BY_STATUS[detail]
     reason = _by_phrase(text)
+    said = _REJECTED_BECAUSE.search(text)
+    if said is not None and reason == "userunknown":
+        # "Recipient address rejected: <why>": the why is what tells the reason
+        reason = _by_phrase(text[said.end() :])
+        if reason == "undefined":
+            reason = "userunknown"
     command = smtp_command(text) if text else None
     if (
         reason == "userunknown"
@@ -642,7 +666,7 @@ def classify(
         # an unknown-user answer given to the message body, not to the address, comes from a
         # filter: the address itself was accepted
         reason = "filtered"
-    if command == "MAIL" and reason in ("undefined", "userunknown", "hostunknown", "blocked"):
+    if command == "MAIL" and reason in ("undefined", "userunknown", "hostunknown"):
         reason = "rejected"
     if reason == "hostunknown" and status is not None and status.startswith("4"):
         # a name lookup that failed only for now is a network problem, not an unknown host
@@ -651,16 +675,13 @@ def classify(
         reason = _BY_STATUS.get(detail, "undefined")
         if reason == "undefined" and detail.startswith("4."):
             reason = "expired"
-    if (
-        action == "failed"
-        and status is not None
-        and status.startswith("4")
-        and (
-            reason in ("undefined", "systemerror")
-            or (reason == "networkerror" and _TIMED_OUT.search(text) is not None)
-        )
+    temporary = status is not None and status.startswith("4")
+    if action == "failed" and (
+        (temporary and reason in ("undefined", "systemerror"))
+        or (reason == "networkerror" and _TIMED_OUT.search(text) is not None)
     ):
-        # a temporary failure reported as final: the queue lifetime ran out
+        # a temporary failure reported as final, or connections that kept timing out: the
+        # queue lifetime ran out
         reason = "expired"
     return reason
 

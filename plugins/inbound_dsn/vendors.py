@@ -1,5 +1,6 @@
 """Vendor notices that are data rather than prose: Amazon SES notifications (JSON, often inside an
-SNS envelope) for bounces, complaints and deliveries."""
+SNS envelope) for bounces, complaints and deliveries; and providers whose notices are written in
+the reader's language, so that only the provider's own marks say what happened."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ _KINDS: Final[dict[str, Kind]] = {
     "complaint": "feedback",
     "delivery": "delivered",
 }
+# A provider's mark in a notice, and the reason its notices mean whatever language they are in.
+_LOCALISED: Final = (
+    # Google Groups refuses a post from a non-member or to a group that does not exist
+    ("groups.google.com/support", "rejected"),
+)
 # Long JSON lines arrive folded: a line break followed by one space inside a string.
 _FOLD: Final = re.compile(r"\n[ \t]")
 
@@ -125,3 +131,12 @@ def _delivered(section: Any) -> list[FailedRecipient]:
         for r in section["recipients"]
         if isinstance(r, str)
     ]
+
+
+def localised_reason(text: str) -> str | None:
+    """The reason a provider's localised notice stands for, or None when none is recognised."""
+    lowered = text.lower()
+    for mark, reason in _LOCALISED:
+        if mark in lowered:
+            return reason
+    return None
