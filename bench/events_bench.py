@@ -25,22 +25,25 @@ import argparse
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import _common
 import peewee as pw
+import psycopg2
 from _common import fmt_rate, fmt_ratio, table
 from playhouse.pool import PooledDatabase
+from psycopg2 import sql
 
 from core import logs
 from core.enrichment import EventEnricher
 from core.events import Event, EventBus, Journal
 from core.storage import EventRecord, Message, MessageRecipient, connect_database, migrate
 from sinks.database import DatabaseSink
-from tests.postgres import fresh_database
 
 GOALS = {"sqlite": 10_000.0, "postgresql": 20_000.0}
 BASELINE_BATCH = 1_000
@@ -94,6 +97,36 @@ def close(db: pw.Database) -> None:
 
 
 @contextmanager
+def scratch_postgres(url: str) -> Iterator[str]:
+    """A new database beside the one ``url`` names, dropped afterwards.
+
+    The drop is retried for a while: right after a large insert, autovacuum may be working on
+    the database, and only a superuser could end that.
+    """
+    name = f"scaisend_bench_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    finally:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with admin.cursor() as cursor:
+                    cursor.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+                    )
+                break
+            except psycopg2.Error:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        admin.close()
+
+
+@contextmanager
 def empty_database(backend: str, scratch: Path) -> Iterator[pw.Database]:
     """A new, migrated database of the given kind, dropped afterwards."""
     if backend == "sqlite":
@@ -105,7 +138,7 @@ def empty_database(backend: str, scratch: Path) -> Iterator[pw.Database]:
         finally:
             close(db)
         return
-    with fresh_database(os.environ["SCAISEND_TEST_POSTGRES_URL"]) as url:
+    with scratch_postgres(os.environ["SCAISEND_TEST_POSTGRES_URL"]) as url:
         db = connect_database(url)
         migrate(db)
         try:

@@ -26,10 +26,9 @@ _FIELDS = (
 class DatabaseSink:
     """Each batch in one transaction, handed to the driver in one batched call."""
 
-    def __init__(self, name: str, db: pw.Database, chunk: int = 1000) -> None:
+    def __init__(self, name: str, db: pw.Database) -> None:
         self.name = name
         self.db = db
-        self.chunk = chunk
 
     def write_batch(self, events: Sequence[Event]) -> None:
         rows = [
@@ -47,7 +46,7 @@ class DatabaseSink:
         ]
         self.db.connect(reuse_if_open=True)
         with self.db.atomic():
-            insert_ignoring_conflicts(self.db, _FIELDS, rows, page_size=self.chunk)
+            insert_ignoring_conflicts(self.db, _FIELDS, rows)
 
     def close(self) -> None:
         if not self.db.is_closed():

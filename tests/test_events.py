@@ -348,14 +348,21 @@ def test_the_database_sink_stores_every_field(tmp_path, database_url):
         bot={"verdict": "mailbox_proxy", "score": 0.9},
     )
     bare = Event(type="open", tenant="acme")
+    awkward = Event(
+        type="click",
+        tenant="acme",
+        message_id="\\N",  # the bulk format's NULL marker, as a value
+        recipient="",
+        data={"text": "tab\there\nnew line\r\\ and \\N", "empty": "", "none": None},
+    )
     try:
         sink = DatabaseSink("direct", runtime.db)
-        sink.write_batch([full, bare])
+        sink.write_batch([full, bare, awkward])
         with runtime.db.connection_context():
             rows = {row.id: row for row in EventRecord.select()}
     finally:
         runtime.close()
-    for event in (full, bare):
+    for event in (full, bare, awkward):
         row = rows[event.id]
         assert (row.type, row.tenant, row.message_id, row.recipient) == (
             event.type,
