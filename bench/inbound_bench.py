@@ -30,7 +30,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from core import logs
 from core.app import INBOUND
-from core.plugins import DEFAULT_PLUGINS
 from core.send.verp import VerpCodec
 from core.storage import Message, MessageRecipient
 from core.testing import Harness
@@ -98,7 +97,6 @@ async def baseline(jobs: Sequence[tuple[str, bytes]], clients: int) -> float:
 async def scaisend(tmp: Path, count: int, clients: int) -> tuple[float, list[tuple[str, bytes]]]:
     harness = Harness(
         tmp,
-        builtins=tuple(dict.fromkeys((*DEFAULT_PLUGINS, "plugins.inbound_dsn"))),
         server={"bounce_domain": BOUNCES, "plugin_timeout_seconds": 30},
     )
     verp = VerpCodec(harness.config.signing_keys)

@@ -28,8 +28,9 @@ FEATURE_PLUGINS: tuple[str, ...] = (
 )
 SINK_PLUGINS: tuple[str, ...] = ("sinks.database", "sinks.jsonl", "sinks.log")
 TRANSPORT_PLUGINS: tuple[str, ...] = ("plugins.outbox", "plugins.smtp_relay")
-INFRASTRUCTURE_PLUGINS: tuple[str, ...] = SINK_PLUGINS + TRANSPORT_PLUGINS
-"""What a server needs whatever features it runs: sinks and transports."""
+INBOUND_PLUGINS: tuple[str, ...] = ("plugins.inbound_dsn",)
+INFRASTRUCTURE_PLUGINS: tuple[str, ...] = SINK_PLUGINS + TRANSPORT_PLUGINS + INBOUND_PLUGINS
+"""What a server needs whatever features it runs: sinks, transports, bounce processing."""
 DEFAULT_PLUGINS: tuple[str, ...] = FEATURE_PLUGINS + INFRASTRUCTURE_PLUGINS
 """Built-in plugins, by module name. Core never imports them any other way."""
 

@@ -20,14 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.app import INBOUND
-from core.plugins import DEFAULT_PLUGINS
 from core.storage import EventRecord
 from core.testing import Harness
 from tests.test_storage import database_url  # noqa: F401 - fixture
 
 BOUNCES = "bounces.example.test"
 FEEDBACK = "fbl.example.test"
-WITH_INBOUND = tuple(dict.fromkeys((*DEFAULT_PLUGINS, "plugins.inbound_dsn")))
 
 T = TypeVar("T")
 
@@ -126,7 +124,6 @@ async def world(tmp_path: Path, database_url: str | None = None) -> AsyncIterato
     mx_port = server.sockets[0].getsockname()[1]
     harness = Harness(
         tmp_path,
-        builtins=WITH_INBOUND,
         database_url=database_url,
         tenants={
             "acme": {"api_keys": ["acme-key-0123456789abcdef0123456789"]},
