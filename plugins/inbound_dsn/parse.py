@@ -32,6 +32,7 @@ from plugins.inbound_dsn.text import (
     normalise_newlines,
     original_part,
     parts_of,
+    replied_status,
 )
 from plugins.inbound_dsn.vendors import localised_reason, parse_ses
 
@@ -335,9 +336,12 @@ def _reply_from_field(value: str | None) -> str | None:
 def _best_status(field: str | None, context: str) -> str | None:
     """The Status field unless it is generic (X.0.0) and the diagnostic names a precise code."""
     given = find_status(field or "")
-    precise = find_status(context)
+    replied = replied_status(context)
     if given is None:
-        return precise
+        return replied or find_status(context)
+    if replied and replied[0] == given[0]:
+        return replied
+    precise = find_status(context)
     if precise and given.endswith(".0.0") and precise[0] == given[0]:
         return precise
     return given

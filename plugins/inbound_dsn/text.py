@@ -98,6 +98,21 @@ def find_status(text: str) -> str | None:
     return success
 
 
+_STATUS_AFTER_REPLY: Final = re.compile(
+    r"(?<![\d.])[245][0-5]\d[ -]+['\"(#]?([245]\.\d{1,3}\.\d{1,3})(?!\d|\.\d)"
+    r"|\(#([245]\.\d{1,3}\.\d{1,3})\)"
+)
+
+
+def replied_status(text: str) -> str | None:
+    """The status code the remote server itself gave (after its reply code, or qmail's
+    ``(#5.7.1)``): the last one, since relays quote earlier answers before their own."""
+    found = None
+    for match in _STATUS_AFTER_REPLY.finditer(text):
+        found = match.group(1) or match.group(2)
+    return found
+
+
 def find_reply_code(text: str) -> str | None:
     match = _REPLY_WITH_STATUS.search(text) or _REPLY.search(text)
     return match.group(1) if match else None
