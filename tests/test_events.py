@@ -21,6 +21,8 @@ import httpx
 import peewee as pw
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from playhouse.pool import PooledDatabase
 
 from core import hookimpl
@@ -373,6 +375,46 @@ def test_the_database_sink_stores_every_field(tmp_path, database_url):
         assert row.timestamp == event.timestamp.replace(tzinfo=None)  # naive UTC
         assert row.data == dict(event.data)
         assert row.bot == (dict(event.bot) if event.bot is not None else None)
+
+
+# Text a database can hold: PostgreSQL refuses NUL in text and in JSON.
+stored_text = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    recipient=st.one_of(st.none(), stored_text),
+    data=st.dictionaries(
+        stored_text,
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**53), 2**53) | stored_text,
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(stored_text, inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=4,
+    ),
+)
+def test_the_database_sink_round_trips_any_text(sink_database, recipient, data):
+    event = Event(type="click", tenant="acme", message_id="m", recipient=recipient, data=data)
+    DatabaseSink("direct", sink_database).write_batch([event])
+    with sink_database.connection_context():
+        row = EventRecord.get_by_id(event.id)
+    assert (row.recipient, row.data) == (recipient, data)
+
+
+@pytest.fixture
+def sink_database(tmp_path, database_url) -> Iterator[pw.Database]:
+    runtime = Harness(tmp_path, database_url=database_url).open_runtime()
+    try:
+        yield runtime.db
+    finally:
+        runtime.close()
 
 
 def test_opens_through_the_bus_are_enriched_in_batches(tmp_path, database_url):
