@@ -313,3 +313,57 @@ def test_a_compiled_message_parses_to_the_exact_subject_and_bodies(subject, text
         assert part["Content-Transfer-Encoding"] == "quoted-printable"
         assert part.get_content_charset() == "utf-8"
         assert part.get_content() == body
+
+
+# Any filename the send API accepts: no line breaks, up to 255 characters of any script, quotes,
+# backslashes, percent signs, RFC 2231's own "*" and "'", and long runs that need continuations.
+filenames = st.lists(
+    st.one_of(
+        st.text(
+            alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"),
+            min_size=1,
+            max_size=80,
+        ),
+        st.sampled_from(['"', "\\", "%", "%41", "*", "'", "utf-8''", " ", ";", "報告書", "😀"]),
+        st.text(alphabet="xyz", min_size=60, max_size=255),
+    ),
+    min_size=1,
+    max_size=6,
+).map(lambda parts: "".join(parts)[:255].replace("\x85", " ").replace("\u2028", " "))
+
+
+@settings(max_examples=300, deadline=None)
+@given(filenames.filter(lambda name: name.strip() == name and name.splitlines() == [name]))
+@example("報告書" * 40 + ".pdf")
+@example("x" * 255)
+@example('a "quoted" \\ name.txt')
+def test_an_attachment_filename_survives_with_every_header_line_within_78(filename):
+    submission = parse_submission(
+        {
+            "personalizations": [{"to": [{"email": "ann@example.com"}]}],
+            "from": {"email": "news@example.org"},
+            "subject": "Files",
+            "content": [{"type": "text/plain", "value": "See attached"}],
+            "attachments": [{"content": "aGk=", "filename": filename}],
+        }
+    )
+    raw = compile_message(
+        submission,
+        submission.personalizations[0],
+        message_id="0123456789abcdef0123456789abcdef",
+        id_domain="example.org",
+        html=None,
+        text=Template(("See attached",), ()),
+        subject=Template(("Files",), ()),
+        feature_headers=(),
+    ).render(Recipient(0, "ann@example.com", "token"))
+
+    assert raw.isascii()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    _, attachment = message.iter_parts()
+    # The header objects, not get_filename(): that one also strips quotes around the decoded
+    # value, so a file named '"x"' would read as 'x' however it was written.
+    assert attachment["Content-Disposition"].params["filename"] == filename
+    assert attachment["Content-Type"].params["name"] == filename
+    assert attachment.get_payload(decode=True) == b"hi"

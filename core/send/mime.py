@@ -202,14 +202,18 @@ def header_line(name: str, value: str) -> bytes:
 
 def _parameter(name: str, value: str) -> list[str]:
     """A MIME parameter as the lines it takes: a quoted string when that is short and plain,
-    else RFC 2231 percent-encoding in numbered continuations, none longer than a line."""
+    else RFC 2231 percent-encoding in numbered continuations, none longer than a line.
+
+    Quotes and backslashes go percent-encoded too: readers disagree on escapes in quoted
+    strings, and some drop them.
+    """
     value = _one_line(value)
     if (
         value.isascii()
-        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+        and not any(ord(c) < 32 or ord(c) == 127 or c in '"\\' for c in value)
         and len(value) <= _PARAMETER_CHUNK
     ):
-        return [f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"']
+        return [f'{name}="{value}"']
     encoded = email.utils.encode_rfc2231(value, "utf-8")
     if len(encoded) <= _PARAMETER_CHUNK:
         return [f"{name}*={encoded}"]
@@ -318,7 +322,10 @@ Piece = bytes | Callable[[Recipient], bytes]
 def _multipart(subtype: str, parts: Sequence[Sequence[Piece]]) -> list[Piece]:
     boundary = _boundary()
     pieces: list[Piece] = [
-        header_line("Content-Type", f'multipart/{subtype}; boundary="{boundary}"') + CRLF
+        header_line(
+            "Content-Type", _parameterised(f"multipart/{subtype}", [f'boundary="{boundary}"'])
+        )
+        + CRLF
     ]
     for part in parts:
         pieces.append(f"--{boundary}".encode() + CRLF)
