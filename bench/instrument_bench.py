@@ -21,6 +21,8 @@ pytracking[html,crypto]); ``--help`` for the knobs.
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
 import statistics
 import sys
 import tempfile
@@ -65,6 +67,12 @@ CONFIGS = {
     "open + click": ({}, True),
     "open + click + ganalytics": ({"ganalytics": GANALYTICS}, True),
 }
+
+
+def html_of(message: bytes) -> str:
+    """The decoded HTML part of a complete message (quoted-printable breaks long URLs)."""
+    part = email.message_from_bytes(message, policy=email.policy.default).get_body(("html",))
+    return part.get_content() if part is not None else ""
 
 
 @dataclass
@@ -176,7 +184,7 @@ def report(args: argparse.Namespace, files: list[Path], sources: list[str], runt
         counts = {}
         for side in sides:
             outputs = [side.run(i) for i in range(len(files))]
-            text = [o.decode("utf-8", "replace") if isinstance(o, bytes) else o for o in outputs]
+            text = [html_of(o) if isinstance(o, bytes) else o for o in outputs]
             counts[side.name] = (
                 sum("/t/o/" in t for t in text),
                 sum(t.count("/t/c/") for t in text),
