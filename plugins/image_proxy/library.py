@@ -53,8 +53,27 @@ class Served:
     location: str
     tenant: str
 
+    @property
+    def etag(self) -> str:
+        return f'"{self.content_hash}"'
+
+
+def matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, as RFC 9110 asks)."""
+    candidates = [part.strip() for part in if_none_match.split(",")]
+    return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
+
 
 Lookup = Served | Literal["gone"] | None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """One load: the library image, what to answer with (it or its thumbnail), the bytes."""
+
+    image: Lookup
+    served: Served | None
+    body: bytes | None
 
 
 def describe(row: LibraryImage, base_url: str) -> dict[str, Any]:
@@ -143,8 +162,15 @@ class ImageLibrary:
 
     def delete(self, tenant: str, image_id: str) -> bool:
         """Delete an image; ``False`` if the tenant has no such image."""
+        # SQLite: take the write lock up front. A transaction that reads first and then
+        # writes fails at once ("database is locked") if another connection wrote meanwhile.
+        atomic = (
+            self.db.atomic("IMMEDIATE")
+            if isinstance(self.db, pw.SqliteDatabase)
+            else self.db.atomic()
+        )
         with self._exclusive(), self.db.connection_context():
-            with self.db.atomic():
+            with atomic:
                 row = _live(tenant, image_id)
                 if row is None:
                     return False
@@ -171,12 +197,19 @@ class ImageLibrary:
                 self.store.delete(thumbnail.location)
             thumbnail.delete_instance()
 
+    def _reading(self) -> contextlib.AbstractContextManager[object]:
+        # Every image load reads here. A pool lends a connection per use; SQLite has no pool
+        # and opening a connection runs four pragmas, so each worker thread keeps its own.
+        if isinstance(self.db, pw.SqliteDatabase):
+            return contextlib.nullcontext()
+        return self.db.connection_context()
+
     def lookup(self, image_id: str) -> Lookup:
         """The image to serve for ``image_id``, ``"gone"`` if it was deleted after being sent,
         ``None`` if there never was one."""
         if not IMAGE_ID.fullmatch(image_id):
             return None
-        with self.db.connection_context():
+        with self._reading():
             row = LibraryImage.get_or_none(LibraryImage.id == image_id)
         if row is None:
             return None
@@ -184,9 +217,24 @@ class ImageLibrary:
             return "gone"
         return Served(row.content_type, row.content_hash, row.size, row.location, row.tenant)
 
+    def fetch(self, image_id: str, *, thumbnail: bool, read: bool, if_none_match: str) -> Opened:
+        """Everything one load of ``/i/{image_id}`` needs, in one call off the event loop; the
+        bytes only if ``read`` and the client's ``If-None-Match`` does not name them."""
+        image = self.lookup(image_id)
+        if not isinstance(image, Served):
+            return Opened(image, None, None)
+        served = self.thumbnail(image) if thumbnail else image
+        read = read and served is not None and not matches(if_none_match, served.etag)
+        body = None
+        if served is not None and read:
+            body = store_for(served.location).get(served.location)
+        if served is None or (read and body is None):
+            return Opened("gone", None, None)  # deleted while this load was under way
+        return Opened(image, served, body)
+
     def thumbnail(self, image: Served, size: int = THUMBNAIL_SIZE) -> Served | None:
         """The image's preview, made on first request and kept; ``None`` if its bytes are gone."""
-        with self.db.connection_context():
+        with self._reading():
             made = Thumbnail.get_or_none(Thumbnail.source_hash == image.content_hash)
         if made is None:
             data = store_for(image.location).get(image.location)

@@ -12,6 +12,8 @@ recorded. Reloads a client answers from its own cache are not seen, as with the 
 
 from __future__ import annotations
 
+import functools
+
 import anyio
 import structlog
 from quart import Blueprint, Response, request
@@ -19,8 +21,7 @@ from quart import Blueprint, Response, request
 from core import Event, current_runtime
 from core.http import client_ip
 from plugins.image_proxy.api import error, library
-from plugins.image_proxy.blobs import store_for
-from plugins.image_proxy.library import Served
+from plugins.image_proxy.library import Served, matches
 
 log = structlog.get_logger("scaisend.image_proxy")
 
@@ -28,11 +29,6 @@ blueprint = Blueprint("image_proxy", __name__)
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 SOURCE = "image_proxy"
-
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    candidates = [part.strip() for part in if_none_match.split(",")]
-    return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
 
 
 def _record_load(image_id: str, image: Served) -> None:
@@ -70,34 +66,32 @@ async def image(image_id: str) -> Response:
     variant = request.args.get("variant")
     if variant not in (None, "thumbnail"):
         return error(400, "variant must be 'thumbnail'")
-    images = library()
-    found = await anyio.to_thread.run_sync(images.lookup, image_id)
-    if found is None:
+    opened = await anyio.to_thread.run_sync(
+        functools.partial(
+            library().fetch,
+            image_id,
+            thumbnail=variant == "thumbnail",
+            read=request.method == "GET",
+            if_none_match=request.headers.get("If-None-Match", ""),
+        )
+    )
+    if opened.image is None:
         return error(404, "no such image")
-    if found == "gone":
-        return error(410, "the image was deleted")
-    served: Served | None = found
-    if variant == "thumbnail":
-        served = await anyio.to_thread.run_sync(images.thumbnail, found)
-    if served is None:
+    if not isinstance(opened.image, Served) or opened.served is None:
         return error(410, "the image was deleted")
     if request.method == "GET":
-        _record_load(image_id, found)
+        _record_load(image_id, opened.image)
 
-    etag = f'"{served.content_hash}"'
-    headers = {"Cache-Control": CACHE_CONTROL, "ETag": etag}
-    if _matches(request.headers.get("If-None-Match", ""), etag):
+    served = opened.served
+    headers = {"Cache-Control": CACHE_CONTROL, "ETag": served.etag}
+    if matches(request.headers.get("If-None-Match", ""), served.etag):
         return Response(status=304, headers=headers)
     headers |= {
         "Content-Type": served.content_type,
         "X-Content-Type-Options": "nosniff",
     }
-    if request.method == "HEAD":
+    if opened.body is None:  # HEAD: the headers a GET gets, no body
         response = Response(b"", status=200, headers=headers)
         response.headers["Content-Length"] = str(served.size)
         return response
-    data = await anyio.to_thread.run_sync(store_for(served.location).get, served.location)
-    if data is None:
-        # Deleted between the lookup and the read.
-        return error(410, "the image was deleted")
-    return Response(data, status=200, headers=headers)
+    return Response(opened.body, status=200, headers=headers)
