@@ -18,7 +18,7 @@ import re
 import socket
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,8 @@ from core.storage import EventRecord
 from core.testing import Harness
 from core.transports import OutgoingMessage
 from plugins.smtp_relay import SmtpRelayTransport, settings_from_options
+from tests.conftest import postgres_url
+from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.anyio
 
@@ -372,7 +374,8 @@ async def test_refused_credentials_fail_every_message_without_retrying(certifica
     assert [(r.outcome, r.smtp_code, r.attempts) for r in results] == [("failed", 535, 1)] * 3
     # One session tried (aiosmtplib offers each mechanism the relay lists), no retry rounds.
     assert host.connections == 1
-    assert host.logins and all(not ok for _, ok in host.logins)
+    assert host.logins
+    assert not any(ok for _, ok in host.logins)
     assert host.received == []
 
 
@@ -424,9 +427,22 @@ async def test_a_refused_connection_is_retried_then_deferred():
 # Through the send path -------------------------------------------------------------------
 
 
-def harness_for(tmp_path: Path, port: int, **transport: Any) -> Harness:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """``None``: the default SQLite file in the data directory; else a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        with fresh_database(postgres_url()) as url:
+            yield url
+
+
+def harness_for(
+    tmp_path: Path, port: int, database_url: str | None = None, **transport: Any
+) -> Harness:
     return Harness(
         tmp_path,
+        database_url=database_url,
         server={
             "bounce_domain": BOUNCE_DOMAIN,
             "transport": {
@@ -542,7 +558,7 @@ async def test_a_send_reaches_the_relay_as_each_recipients_mime_from_its_verp_se
     assert PASSWORD not in logged.out + logged.err
 
 
-async def test_relay_answers_become_delivered_and_bounce_events(tmp_path):
+async def test_relay_answers_become_delivered_and_bounce_events(tmp_path, database_url):
     host = Smarthost(
         replies={
             "later@example.com": ["451 4.7.1 Greylisted, try again"],
@@ -550,7 +566,7 @@ async def test_relay_answers_become_delivered_and_bounce_events(tmp_path):
         }
     )
     async with smarthost(host) as (host, port):
-        harness = harness_for(tmp_path, port, tls="none", retry_attempts=2)
+        harness = harness_for(tmp_path, port, database_url, tls="none", retry_attempts=2)
         message_id = await send(
             harness, send_body("ok@example.com", "later@example.com", "gone@example.com")
         )
