@@ -169,16 +169,24 @@ async def test_cid_mode_embeds_each_image_once_beside_the_html(tmp_path):
             f"<img src='scaisend-image:{first['id']}'></p>"
         )
         response = await http.post(
-            "/v3/mail/send", json=send_body(html, ["ann@example.com"], "cid"), headers=key
+            "/v3/mail/send",
+            json=send_body(html, ["ann@example.com", "bob@example.com"], "cid"),
+            headers=key,
         )
         assert response.status_code == 202, response.text
         await delivered(app)
-        (message,) = outbox(harness, response.json()["message_id"])
+        messages = outbox(harness, response.json()["message_id"])
         runtime = app.extensions[EXTENSION]
         assert runtime.bus.flush()
         with runtime.db.connection_context():
             assert EventRecord.select().where(EventRecord.type == "open").count() == 0
 
+    assert len(messages) == 2  # one per personalization, each with the images
+    for message in messages:
+        _check_cid_message(message, logo, photo)
+
+
+def _check_cid_message(message: EmailMessage, logo: bytes, photo: bytes) -> None:
     assert message.get_content_type() == "multipart/alternative"
     plain, related = message.iter_parts()
     assert plain.get_content_type() == "text/plain"

@@ -13,6 +13,7 @@ import contextlib
 import email.utils
 import re
 import secrets
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -312,8 +313,18 @@ def _attachment_part(attachment: Attachment) -> bytes:
     return b"".join(lines) + CRLF + body + CRLF
 
 
-def _inline_attachment(part: InlinePart) -> Attachment:
-    return Attachment(part.filename, part.data, part.content_type, "inline", part.content_id)
+_ENCODED_INLINE: weakref.WeakKeyDictionary[InlinePart, bytes] = weakref.WeakKeyDictionary()
+
+
+def _inline_part(part: InlinePart) -> bytes:
+    """A feature's inline part, base64-encoded once for every personalization of a send."""
+    encoded = _ENCODED_INLINE.get(part)
+    if encoded is None:
+        attachment = Attachment(
+            part.filename, part.data, part.content_type, "inline", part.content_id
+        )
+        encoded = _ENCODED_INLINE[part] = _attachment_part(attachment)
+    return encoded
 
 
 Piece = bytes | Callable[[Recipient], bytes]
@@ -415,8 +426,8 @@ def compile_message(
         html_leaf = _leaf("text/html", EncodedBody.compile(html))
         if html.related:
             # The HTML and every part it refers to by cid: form one multipart/related.
-            related = [*inline, *(_inline_attachment(part) for part in html.related)]
-            parts = [[_attachment_part(a)] for a in related]
+            parts = [[_attachment_part(a)] for a in inline]
+            parts += [[_inline_part(part)] for part in html.related]
             html_leaf = _multipart("related", [html_leaf, *parts])
             inline = []
         alternatives.append(html_leaf)
