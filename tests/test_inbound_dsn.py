@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.utils
+import json
+import re
 import smtplib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +26,7 @@ from core.storage import EventRecord
 from core.testing import Harness
 from tests.test_storage import database_url  # noqa: F401 - fixture
 
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "bounces" / "corpus"
 BOUNCES = "bounces.example.test"
 FEEDBACK = "fbl.example.test"
 
@@ -453,3 +456,51 @@ async def test_any_report_is_answered_250_never_451(tmp_path):
                 assert client.data(report)[0] == 250
 
         await in_thread(answered)
+
+
+def _log_events(text: str, *names: str) -> list[dict[str, Any]]:
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") in names:
+                events.append(event)
+    return events
+
+
+@pytest.mark.anyio
+async def test_every_real_report_is_accepted_and_accounted_for(tmp_path, capfd):
+    """The whole corpus of real bounces, complaints and auto-replies through one listener:
+    each is answered 250 and either claimed or kept, and whatever is not attributed (nothing
+    was sent here) is on disk."""
+    paths = sorted(CORPUS.rglob("*.eml"))
+    assert len(paths) > 500
+
+    def deliver_all(port: int) -> list[int]:
+        codes = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            for path in paths:
+                # On the wire every line ends in CRLF, and no mbox "From " line is sent.
+                lines = re.split(rb"\r\n|\r|\n", path.read_bytes())
+                data = b"\r\n".join(lines[1:] if lines[0].startswith(b"From ") else lines)
+                client.ehlo_or_helo_if_needed()
+                client.mail("")
+                client.rcpt(f"bounce@{BOUNCES}")
+                codes.append(client.data(data)[0])
+                client.rset()
+        return codes
+
+    async with world(tmp_path) as w:
+        capfd.readouterr()
+        codes = await in_thread(lambda: deliver_all(w.inbound_port))
+        logged = capfd.readouterr().err
+
+    assert codes == [250] * len(paths)
+    claimed = _log_events(logged, "inbound.claimed")
+    unclaimed = _log_events(logged, "inbound.unclaimed")
+    assert len(claimed) + len(unclaimed) == len(paths)
+    unattributed = [e for e in claimed if e["outcome"] == "unattributed"]
+    assert {e["outcome"] for e in claimed} <= {"unattributed", "ignored"}
+    assert len(w.kept("unattributed")) == len(unattributed) > 400
+    assert len(w.kept("unclaimed")) == len(unclaimed)
+    assert await w.events("bounce", "deferred", "blocked", "spamreport") == []
