@@ -20,9 +20,12 @@ import yaml
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given
+from hypothesis import strategies as st
 
-from core.auth import ADMIN_AUDIENCE, mint_admin_token
+from core.auth import ADMIN_AUDIENCE, AuthError, mint_admin_token, verify_admin_token
 from core.cli import cli
+from core.config import AdminJwt
 from core.testing import Harness, random_secret
 from tests.conftest import postgres_url
 from tests.postgres import fresh_database
@@ -262,6 +265,14 @@ async def test_forged_none_expired_and_wrong_claims_are_401(tmp_path):
             assert (get.status_code, put.status_code) == (401, 401), what
         got = await (await client.get(PATH.format("acme"), headers=bearer(valid))).get_json()
     assert got["open_tracking_enabled"] is True
+
+
+@given(st.text(max_size=300) | st.builds(".".join, st.lists(st.text(max_size=60), max_size=4)))
+def test_any_bearer_string_is_refused_as_an_auth_error(token):
+    settings = AdminJwt(algorithm="HS256", issuer="scaisend", secret=random_secret())
+    with pytest.raises(AuthError) as raised:
+        verify_admin_token(settings, token, "acme")
+    assert raised.value.status == 401
 
 
 async def test_a_token_for_another_tenant_is_403(tmp_path):

@@ -315,3 +315,34 @@ def test_serve_without_a_file_warns_and_prints_the_generated_key(tmp_path):
     assert "PRODUCTION MUST SET ITS OWN KEYS" in banner
     key = json.loads((tmp_path / "scaisend-data" / SECRETS_FILE).read_text())["api_key"]
     assert f"API key: {key}" in banner
+
+
+def test_plugins_lists_features_in_the_configured_order_with_routes_and_hooks(
+    tmp_path, secrets_env
+):
+    document = good_document(tmp_path)
+    document["server"]["feature_order"] = {"image_proxy": 5, "open_tracking": 45}
+    path = write(tmp_path / "c.yaml", document)
+    result = run("plugins", "--config", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout)
+    features = described["features"]
+    orders = [feature["order"] for feature in features]
+    assert orders == sorted(orders)
+    names = [feature["name"] for feature in features]
+    builtin = ["image_proxy", "ganalytics", "click_tracking", "subscription_tracking"]
+    assert [name for name in names if name in {*builtin, "open_tracking"}] == [
+        *builtin,
+        "open_tracking",
+    ]
+    by_name = {entry["name"]: entry for entry in described["plugins"]}
+    open_tracking = by_name["plugins.open_tracking"]
+    assert {"instrument", "register_features", "register_routes"} <= set(open_tracking["hooks"])
+    assert open_tracking["routes"] == ["GET /t/o/<token>.gif"]
+
+    text = run("plugins", "--config", str(path))
+    assert text.exit_code == 0
+    lines = text.stdout.splitlines()
+    assert lines[0] == "Features, in pipeline order:"
+    assert lines[1].split() == ["5", "image_proxy", "plugins.image_proxy"]
+    assert "      route : GET /t/o/<token>.gif" in lines
