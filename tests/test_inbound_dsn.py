@@ -194,7 +194,7 @@ def dsn(
     return "\r\n".join(lines).encode()
 
 
-def arf(original: bytes, recipient: str) -> bytes:
+def arf(original: bytes, recipient: str, mail_from: str = "news@example.org") -> bytes:
     """An RFC 5965 complaint carrying the original message."""
     head = "\r\n".join(
         [
@@ -216,6 +216,7 @@ def arf(original: bytes, recipient: str) -> bytes:
             "Feedback-Type: abuse",
             "User-Agent: MailboxFBL/1.0",
             "Version: 1",
+            f"Original-Mail-From: <{mail_from}>",
             f"Original-Rcpt-To: <{recipient}>",
             "Source-IP: 192.0.2.1",
             "",
@@ -282,6 +283,23 @@ async def test_a_complaint_is_attributed_by_the_original_message_id(tmp_path):
         assert await w.listed("acme", "bob@example.com", "spamreport")
         assert not await w.listed("acme", "ann@example.com", "spamreport")
         assert await w.events("bounce") == []
+
+
+@pytest.mark.anyio
+async def test_a_complaint_naming_the_envelope_sender_is_attributed_by_it(tmp_path):
+    async with world(tmp_path) as w:
+        message_id = await w.send("ann@example.com", "bob@example.com")
+        copy = w.mx.to("bob@example.com")
+        # Mailbox providers often redact the copy they return: no Message-ID, no address.
+        redacted = b"From: news@example.org\r\nSubject: Hello\r\n\r\nHi\r\n"
+        complaint = arf(redacted, "redacted@mailbox.example", mail_from=copy.mail_from)
+
+        assert (await w.report(f"abuse@{FEEDBACK}", complaint))[0] == 250
+
+        [spamreport] = await w.events("spamreport")
+        assert (spamreport.message_id, spamreport.recipient) == (message_id, "bob@example.com")
+        assert spamreport.data["attribution"] == "verp"
+        assert await w.listed("acme", "bob@example.com", "spamreport")
 
 
 @pytest.mark.anyio

@@ -18,7 +18,7 @@ import peewee as pw
 
 from core.inbound import InboundMessage
 from core.runtime import Runtime
-from core.send.verp import VerpCodec
+from core.send.verp import PREFIX, VerpCodec
 from core.storage.models import Message, MessageRecipient, utcnow
 from plugins.inbound_dsn.report import FailedRecipient, Report
 
@@ -30,7 +30,6 @@ Method = Literal["verp", "message_id", "x_message_id", "recipient"]
 # Message-IDs are <message id>.<recipient number>@<domain> (core/send/mime.py).
 _COPY_MESSAGE_ID = re.compile(r"<?\s*([0-9a-f]{32})\.(\d{1,9})@", re.IGNORECASE)
 _BARE_MESSAGE_ID = re.compile(r"^\s*<?([0-9a-f]{32})>?\s*$", re.IGNORECASE)
-_ANGLE_ADDRESS = re.compile(r"<([^<>\s]*)>")
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,14 @@ class Attributor:
         self.db = runtime.db
         self.verp = VerpCodec(runtime.config.signing_keys)
         self.bounce_domain = runtime.config.bounce_domain.lower().rstrip(".")
+        self._quoted = re.compile(
+            rf"(?<![\w.+-])({PREFIX}[a-z2-7]{{48}}@{re.escape(self.bounce_domain)})(?![\w-])",
+            re.IGNORECASE,
+        )
 
     def attribute(self, message: InboundMessage, report: Report) -> list[Attribution]:
         with self.db.connection_context():
-            copy = self._by_verp(message, report) or self._by_message_id(report)
+            copy = self._by_verp(message) or self._by_message_id(report)
             if copy is not None:
                 return [Attribution(_about(copy, report.recipients), copy)]
             of_message = self._by_x_message_id(report)
@@ -101,13 +104,14 @@ class Attributor:
             return None
         return Target(row.message.tenant, message_id, row.number, row.email, method)
 
-    def _verp_codes(self, message: InboundMessage, report: Report) -> Iterable[str]:
+    def _verp_codes(self, message: InboundMessage) -> Iterable[str]:
         yield from message.rcpt_tos
-        # A report sent elsewhere may still quote the copy's envelope sender.
-        yield from _ANGLE_ADDRESS.findall(report.original_headers.get("return-path", ""))
+        # A report sent elsewhere may still quote the copy's envelope sender (an ARF
+        # Original-Mail-From, the returned Return-Path); the code is signed wherever it is.
+        yield from self._quoted.findall(message.data.decode("latin-1"))
 
-    def _by_verp(self, message: InboundMessage, report: Report) -> Target | None:
-        for address in self._verp_codes(message, report):
+    def _by_verp(self, message: InboundMessage) -> Target | None:
+        for address in self._verp_codes(message):
             local, _, domain = address.rpartition("@")
             if domain.lower().rstrip(".") != self.bounce_domain:
                 continue
