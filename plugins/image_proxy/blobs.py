@@ -83,7 +83,8 @@ def path_of(location: str) -> Path | None:
 
 
 def store_for(location: str) -> BlobStore:
-    """The store holding ``location``."""
+    """The store holding ``location``, for code that reads without a library at hand (the
+    send path); a new kind of store adds its URL scheme here."""
     path = path_of(location)
     if path is None:
         raise ValueError(f"no store can read {location!r}")

@@ -24,7 +24,7 @@ from PIL import Image
 
 from core.storage import database_proxy
 from core.storage.models import utcnow
-from plugins.image_proxy.blobs import BlobStore, FileBlobStore, store_for
+from plugins.image_proxy.blobs import BlobStore, FileBlobStore
 from plugins.image_proxy.models import LibraryImage, Thumbnail
 from plugins.image_proxy.validation import ImageInfo, inspect
 
@@ -227,7 +227,7 @@ class ImageLibrary:
         read = read and served is not None and not matches(if_none_match, served.etag)
         body = None
         if served is not None and read:
-            body = store_for(served.location).get(served.location)
+            body = self.store.get(served.location)
         if served is None or (read and body is None):
             return Opened("gone", None, None)  # deleted while this load was under way
         return Opened(image, served, body)
@@ -237,7 +237,7 @@ class ImageLibrary:
         with self._reading():
             made = Thumbnail.get_or_none(Thumbnail.source_hash == image.content_hash)
         if made is None:
-            data = store_for(image.location).get(image.location)
+            data = self.store.get(image.location)
             if data is None:
                 return None
             preview = make_thumbnail(data, size)
