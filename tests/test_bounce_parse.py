@@ -6,6 +6,7 @@ Expected values come from the corpus's expected.jsonl, read at run time; nothing
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from functools import cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from plugins.inbound_dsn.commands import parse_bounce
 from plugins.inbound_dsn.parse import parse_message, parse_path
-from plugins.inbound_dsn.reasons import REASONS
+from plugins.inbound_dsn.reasons import PHRASES, REASONS
 
 BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "bounces"
 MAILDIR = BOUNCES / "corpus"
@@ -263,3 +264,21 @@ def test_broken_mime_headers_never_raise(header: bytes, body: bytes) -> None:
     raw = b"From: MAILER-DAEMON@example.org\n" + header + b"\n" + body
     report = parse_message(raw)
     assert report.kind in ("bounce", "feedback", "vacation", "delivered", "not_bounce")
+
+
+PHRASE_WORDS = sorted(
+    {
+        word
+        for _, phrases in PHRASES
+        for word in re.findall(r"[a-z0-9]+|[^a-z0-9\s]", phrases.pattern.pattern)
+        if not word.startswith("(")
+    }
+)
+
+
+@given(st.lists(st.sampled_from([*PHRASE_WORDS, " ", " ", "\n", ".", "-"]), max_size=40))
+@settings(max_examples=500, deadline=None)
+def test_the_literal_gate_never_hides_a_phrase_match(words: list[str]) -> None:
+    text = "".join(w if w in (" ", "\n") else w + " " for w in words)
+    for _, phrases in PHRASES:
+        assert phrases.search(text) == (phrases.pattern.search(text) is not None)

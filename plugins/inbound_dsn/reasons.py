@@ -8,6 +8,7 @@ code (RFC 3463 subject and detail), then from the SMTP reply code.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Final
 
 REASONS: Final[tuple[str, ...]] = (
@@ -53,14 +54,112 @@ HARD_REASONS: Final[frozenset[str]] = frozenset(
 )
 
 
-def _rx(*phrases: str) -> re.Pattern[str]:
+_QUANTIFIERS = frozenset("?*+{")
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 -:/'<>,;=@#_%&!\"")
+
+
+def _closing(phrase: str, start: int) -> int:
+    """The index of the parenthesis closing the group opened at ``start``."""
+    depth = 0
+    i = start
+    while i < len(phrase):
+        char = phrase[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "[":
+            close = phrase.find("]", i + 2)
+            i = close + 1 if close > 0 else len(phrase)
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return len(phrase)
+
+
+def _anchors(phrase: str) -> tuple[str, ...] | None:
+    """Literal text every match of ``phrase`` contains one of, or None when it has none worth
+    checking. Read off the pattern's top level, where nothing is optional: the longest run of
+    literal characters, or a group of literal alternatives (``(?:user|mailbox)``)."""
+    options: list[tuple[str, ...]] = []
+    run: list[str] = []
+    i = 0
+    while i < len(phrase):
+        char = phrase[i]
+        width = 2 if char == "\\" else 1
+        if char == "(":
+            width = _closing(phrase, i) - i + 1
+        elif char in "[{":
+            close = phrase.find("]" if char == "[" else "}", i + 2)
+            width = (close - i + 1) if close > 0 else len(phrase) - i
+        quantified = i + width < len(phrase) and phrase[i + width] in _QUANTIFIERS
+        if char == "|":
+            return None
+        if char == "\\" and i + 1 < len(phrase) and not phrase[i + 1].isalnum():
+            literal: str | None = phrase[i + 1]
+        elif char in _PLAIN:
+            literal = char
+        else:
+            literal = None
+        if literal is not None and not quantified:
+            run.append(literal)
+        else:
+            options.append(("".join(run),))
+            run = []
+            if char == "(" and not quantified:
+                group = _literal_alternatives(phrase[i + 1 : i + width - 1])
+                if group:
+                    options.append(group)
+        i += width
+    options.append(("".join(run),))
+    usable = [o for o in options if min(len(a) for a in o) >= 3]
+    if not usable:
+        return None
+    return max(usable, key=lambda o: (min(len(a) for a in o), -len(o)))
+
+
+def _literal_alternatives(body: str) -> tuple[str, ...] | None:
+    """``?:a|b|c`` where each alternative is plain text: the alternatives."""
+    if not body.startswith("?:"):
+        return None
+    alternatives = tuple(body[2:].split("|"))
+    if all(a and all(c in _PLAIN for c in a) for a in alternatives):
+        return alternatives
+    return None
+
+
+@dataclass(frozen=True)
+class Phrases:
+    """One reason's phrases, compiled together, with a cheap test that rules most text out."""
+
+    pattern: re.Pattern[str]
+    anchors: tuple[str, ...] | None
+    """Literal text each phrase's matches contain; None when some phrase offers none."""
+
+    def search(self, text: str) -> bool:
+        if self.anchors is not None and not any(a in text for a in self.anchors):
+            return False
+        return self.pattern.search(text) is not None
+
+
+def _rx(*phrases: str) -> Phrases:
     # matched against lower-cased text: case-insensitive matching is several times slower
-    return re.compile("|".join(f"(?:{p})" for p in phrases))
+    found = [_anchors(p) for p in phrases]
+    return Phrases(
+        pattern=re.compile("|".join(f"(?:{p})" for p in phrases)),
+        anchors=None
+        if any(a is None for a in found)
+        else tuple(dict.fromkeys(x for a in found if a is not None for x in a)),
+    )
 
 
 # Checked in order: the more specific wordings come before the ones they would otherwise match
 # (a "mailbox full" message often also says "user", a blocklist message often says "rejected").
-_PHRASES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
+PHRASES: Final[tuple[tuple[str, Phrases], ...]] = (
     (
         "notcompliantrfc",
         _rx(
@@ -627,10 +726,9 @@ _DECISIVE: Final[frozenset[str]] = frozenset(
 )
 _COMMAND: Final = re.compile(
     r"(?:(?:after|in reply to|reply to|during|for|>>>|in:|our)\s+(?:the\s+)?"
-    r"(RCPT|MAIL|DATA|end of data|HELO|EHLO|STARTTLS)\b)"
-    r"|\b(RCPT|MAIL FROM|DATA|HELO|EHLO)(?: TO)? command"
-    r"|smtp command:?\s+(RCPT|MAIL|DATA)\b",
-    re.IGNORECASE,
+    r"(rcpt|mail|data|end of data|helo|ehlo|starttls)\b)"
+    r"|\b(rcpt|mail from|data|helo|ehlo)(?: to)? command"
+    r"|smtp command:?\s+(rcpt|mail|data)\b",
 )
 
 
@@ -643,7 +741,7 @@ _REJECTED_BECAUSE: Final = re.compile(r"recipient address rejected: ?(?=\S)")
 def smtp_command(text: str) -> str | None:
     """The SMTP command a diagnostic says the reply answered (the last one it names)."""
     found = None
-    for match in _COMMAND.finditer(text):
+    for match in _COMMAND.finditer(text.lower()):
         found = match.group(1) or match.group(2) or match.group(3)
     if found is None:
         return None
@@ -701,8 +799,8 @@ def classify(
 
 def _by_phrase(text: str) -> str:
     if text:
-        for reason, pattern in _PHRASES:
-            if pattern.search(text):
+        for reason, phrases in PHRASES:
+            if phrases.search(text):
                 return reason
     return "undefined"
 

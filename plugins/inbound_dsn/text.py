@@ -48,12 +48,13 @@ _ORIGINAL_MARKER: Final = re.compile(
     r"|forwarded message"
     r"|bounced e-?mail"
     r")",
-    re.IGNORECASE | re.MULTILINE,
+    re.MULTILINE,
 )
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _HEADER_BLOCK: Final = re.compile(
     r"^(?:return-path|received|from|message-id|date)[ \t]*:.*\n"
-    r"(?:(?:[ \t].*|[A-Za-z][\w-]*[ \t]*:.*)\n){2,}",
-    re.IGNORECASE | re.MULTILINE,
+    r"(?:(?:[ \t].*|[a-z][\w-]*[ \t]*:.*)\n){2,}",
+    re.MULTILINE,
 )
 
 
@@ -192,10 +193,15 @@ def original_part(msg: email.message.Message, parts: Parts) -> email.message.Mes
 def cut_original(text: str) -> str:
     """The notice without the returned original pasted at its end."""
     cut = len(text)
-    marker = _ORIGINAL_MARKER.search(text)
+    # case-sensitive patterns over lower-cased text run much faster; the rare characters whose
+    # lower case is longer fall back to ASCII-only lower-casing, which keeps every offset
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        lowered = text.translate(_ASCII_LOWER)
+    marker = _ORIGINAL_MARKER.search(lowered)
     if marker is not None:
         cut = marker.start()
-    block = _HEADER_BLOCK.search(text)
+    block = _HEADER_BLOCK.search(lowered)
     if block is not None and block.start() < cut:
         cut = block.start()
     return text[:cut]
