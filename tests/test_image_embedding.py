@@ -9,6 +9,7 @@ import io
 import re
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from core.instrument import instrument
+from core.markup import scan_tags
 from core.pipeline import Document, Recipient
 from core.runtime import EXTENSION, Runtime
 from core.storage import EventRecord
@@ -33,7 +35,14 @@ from tests.test_image_library import (  # noqa: F401 - database_url is a fixture
 pytestmark = pytest.mark.anyio
 
 BASE = "https://track.example.test"
-ONLY_IMAGES = {
+IMAGES_ONLY = {
+    "open_tracking": {"enable": False},
+    "click_tracking": {"enable": False},
+    "ganalytics": {"enable": False},
+    "subscription_tracking": {"enable": False},
+    "image_proxy": {"embed_mode": "proxy"},
+}
+NO_PIXEL_OR_CLICKS = {
     "open_tracking": {"enable": False},
     "click_tracking": {"enable": False},
 }
@@ -48,7 +57,7 @@ def send_body(html: str, recipients: list[str], mode: str | None = None) -> dict
             {"type": "text/plain", "value": "Pictures inside"},
             {"type": "text/html", "value": html},
         ],
-        "tracking_settings": dict(ONLY_IMAGES),
+        "tracking_settings": dict(NO_PIXEL_OR_CLICKS),
     }
     if mode is not None:
         body["tracking_settings"]["image_proxy"] = {"embed_mode": mode}
@@ -323,13 +332,7 @@ def test_proxying_changes_nothing_but_src_values(library, data):
         harness.plugins,
         Document(html=source),
         tenant=harness.config.tenants["acme"],
-        settings={
-            "open_tracking": {"enable": False},
-            "click_tracking": {"enable": False},
-            "ganalytics": {"enable": False},
-            "subscription_tracking": {"enable": False},
-            "image_proxy": {"embed_mode": "proxy"},
-        },
+        settings=IMAGES_ONLY,
         message_id="m",
         tracking_base_url=BASE,
         tokens=runtime.tokens,
@@ -337,6 +340,47 @@ def test_proxying_changes_nothing_but_src_values(library, data):
     assert "image_proxy" in applied
     assert compiled.html is not None
     assert compiled.html.stamp(Recipient(0, "r@example.test", "TOKEN")) == expected
+
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "html"
+
+
+def test_every_corpus_image_becomes_a_proxied_library_image_and_nothing_else_changes(library):
+    """Each ``<img src>`` of every corpus file is pointed at a library image; proxying must
+    replace exactly those values, whatever the surrounding markup."""
+    harness, runtime, ids = library
+    files = sorted(CORPUS.rglob("*.html"))
+    assert len(files) >= 100, f"expected the HTML corpus at {CORPUS}"
+    failures, images = [], 0
+    for path in files:
+        original = path.read_bytes().decode("utf-8", errors="replace")
+        source, expected, cursor = [], [], 0
+        for tag in scan_tags(original):
+            src = tag.get("src")
+            if tag.name != "img" or src is None or src.raw_value is None:
+                continue
+            image_id = ids[images % len(ids)]
+            images += 1
+            kept = original[cursor : src.value_start]
+            source += [kept, f"scaisend-image:{image_id}"]
+            expected += [kept, f"{BASE}/i/{image_id}?t=TOKEN"]
+            cursor = src.value_end
+        source.append(original[cursor:])
+        expected.append(original[cursor:])
+        compiled, _ = instrument(
+            harness.plugins,
+            Document(html="".join(source)),
+            tenant=harness.config.tenants["acme"],
+            settings=IMAGES_ONLY,
+            message_id="m",
+            tracking_base_url=BASE,
+            tokens=runtime.tokens,
+        )
+        assert compiled.html is not None
+        if compiled.html.stamp(Recipient(0, "r@example.test", "TOKEN")) != "".join(expected):
+            failures.append(str(path.relative_to(CORPUS)))
+    assert images > 100
+    assert failures == []
 
 
 def test_thumbnails_keep_the_format_and_fit_the_box():
