@@ -389,3 +389,15 @@ def test_thumbnails_keep_the_format_and_fit_the_box():
         assert preview is not None
         with Image.open(io.BytesIO(preview)) as image:
             assert (image.format, image.size) == (fmt, (200, 67))
+
+
+def test_a_thumbnail_is_upright_as_the_original_is_shown():
+    image = Image.new("RGB", (400, 200), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown rotated a quarter turn clockwise
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif)
+    preview = make_thumbnail(out.getvalue(), 200)
+    assert preview is not None
+    with Image.open(io.BytesIO(preview)) as thumbnail:
+        assert thumbnail.size == (100, 200)

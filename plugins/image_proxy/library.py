@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import peewee as pw
-from PIL import Image
+from PIL import Image, ImageOps
 
 from core.storage import database_proxy
 from core.storage.models import utcnow
@@ -289,7 +289,8 @@ def make_thumbnail(data: bytes, size: int) -> bytes | None:
             return None
         image_format = str(image.format)
         image.seek(0)
-        frame = image.copy()
+        # The preview carries no EXIF, so it is turned upright as a viewer shows the original.
+        frame = ImageOps.exif_transpose(image.copy())
     frame.thumbnail((size, size))
     if image_format == "JPEG" and frame.mode not in ("RGB", "L", "CMYK"):
         frame = frame.convert("RGB")
