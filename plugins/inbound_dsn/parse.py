@@ -286,11 +286,9 @@ def _from_dsn(blocks: list[dict[str, str]], text: str) -> list[FailedRecipient]:
         diagnostic = _clean(block.get("diagnostic-code"))
         if diagnostic and ";" in diagnostic.split(" ", 1)[0]:
             diagnostic = diagnostic.split(";", 1)[1].strip()
-        around = _paragraph_about(text, recipient, named)
-        context = diagnostic or around or ""
+        # without a Diagnostic-Code, the notice's paragraph about the address explains it
+        context = diagnostic or _paragraph_about(text, recipient, named) or ""
         status = _best_status(block.get("status"), context)
-        if status is None and diagnostic is None:
-            status = find_status(around or "")
         reply = find_reply_code(context) or _reply_from_field(block.get("diagnostic-code"))
         if action in _DELIVERED_ACTIONS:
             reason = "delivered"
@@ -447,7 +445,7 @@ def _standalone(text: str) -> list[str]:
 _NOISE: Final = re.compile(
     r"^(?:received|message-id|in-reply-to|references|x-[\w-]+|dkim-signature|list-[\w-]+)\s*:.*"
     r"(?:\n[ \t].*)*",
-    re.IGNORECASE | re.MULTILINE,
+    re.MULTILINE,
 )
 
 
@@ -455,12 +453,12 @@ _NOISE: Final = re.compile(
 _HELP_ADDRESS: Final = re.compile(
     r"(?:contact|send (?:e-?)?mail to|write to|mailto:|reply to)[^@\n]{0,20}"
     r"<?[\w.+'=/-]+@[\w.-]+>?",
-    re.IGNORECASE,
 )
 
 
 def _strip_noise(text: str) -> str:
-    return _HELP_ADDRESS.sub("", _NOISE.sub("", text))
+    """The notice, lower-cased, without header lines and help addresses."""
+    return _HELP_ADDRESS.sub("", _NOISE.sub("", text.lower()))
 
 
 def _paragraph_about(text: str, address: str, others: list[str] | None = None) -> str | None:

@@ -153,7 +153,7 @@ def message_text(msg: email.message.Message, include_original: bool = False) -> 
             stack[0:0] = [p for p in payload if isinstance(p, email.message.Message)]
             continue
         # a multipart type whose boundary is missing is read as the text it really is
-        if part.get_content_maintype() in ("text", "multipart") or part is msg:
+        if ctype.startswith(("text/", "multipart/")) or part is msg:
             if ctype == "text/html" and plain_seen:
                 continue
             plain_seen = plain_seen or ctype == "text/plain"
