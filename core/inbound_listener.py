@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import weakref
 from collections.abc import Mapping
@@ -172,7 +173,13 @@ class SessionHandler:
             data=bytes(envelope.original_content or b""),
             peer=_peer(session.peer),
         )
-        return await self.dispatcher.dispatch(message)
+        try:
+            return await self.dispatcher.dispatch(message)
+        except Exception as exc:
+            # Answered here rather than by aiosmtpd, so the transaction ends and the session
+            # can go on with the next message.
+            log.error("inbound.failed", error=repr(exc), peer=message.peer, exc_info=exc)
+            return TRY_LATER
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("inbound.session_failed", error=repr(error), exc_info=error)
@@ -187,6 +194,7 @@ class InboundListener:
         self.handler = SessionHandler(self.settings, Dispatcher(runtime))
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
+        self._hostname = "localhost"
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     @property
@@ -200,6 +208,7 @@ class InboundListener:
             self.handler,
             data_size_limit=self.settings.max_message_bytes,
             tls_context=self._tls,
+            hostname=self._hostname,
             ident="ScaiSend inbound",
         )
         self._sessions.add(session)
@@ -207,6 +216,8 @@ class InboundListener:
 
     async def start(self) -> None:
         self._tls = self.settings.tls_context()
+        # aiosmtpd would otherwise look the name up for every connection, on the event loop.
+        self._hostname = await anyio.to_thread.run_sync(socket.getfqdn)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol, host=self.settings.host, port=self.settings.port

@@ -278,6 +278,24 @@ async def test_junk_commands_are_answered_and_the_session_still_delivers(tmp_pat
 
 
 @pytest.mark.anyio
+async def test_a_message_that_cannot_be_kept_gets_451_and_the_session_goes_on(tmp_path):
+    harness = _harness(tmp_path, Recorder(outcome=None))
+    harness.config.data_dir.mkdir(parents=True)
+    (harness.config.data_dir / "inbound").write_bytes(b"not a directory")
+
+    def session() -> tuple[tuple[int, bytes], int]:
+        with _client(port) as client:
+            client.ehlo()
+            client.mail("")
+            client.rcpt(f"b@{BOUNCES}")
+            return client.data(REPORT), client.mail("")[0]
+
+    async with listening(harness) as port:
+        (code, text), next_mail = await in_thread(session)
+    assert (code, text[:5], next_mail) == (451, b"4.3.0", 250)
+
+
+@pytest.mark.anyio
 async def test_a_failing_plugin_is_skipped_for_the_next_one(tmp_path):
     failing, recorder = Failing(), Recorder()
     harness = _harness(tmp_path, failing, recorder)
