@@ -418,8 +418,8 @@ PHRASES: Final[tuple[tuple[str, Phrases], ...]] = (
             r"traffic not accepted from this ip",
             r"banned sending ip",
             r"blocked (?:ip|host|sender|by|due to|for|because of|using)",
-            r"(?:\bip\b|host|connection|sender|you|your \w+|server|domain) (?:has been |is |was "
-            r"|are )?(?:temporarily )?blocked",
+            r"(?:(?<![?&])\bip\b(?!=)|host|connection|sender|you|your \w+|server|domain) "
+            r"(?:has been |is |was |are )?(?:temporarily )?blocked",
             r"black ?list",
             r"\bdnsbl\b",
             r"\brbl\b",
@@ -428,12 +428,13 @@ PHRASES: Final[tuple[tuple[str, Phrases], ...]] = (
             r"sorbs",
             r"barracuda ?central",
             r"(?<!not )listed (?:at|on|in|by)",
-            r"(?:\bip\b|ip address|host|network|client).{0,30}(?:is )?(?:banned|blacklisted|denied"
-            r"|refused|rejected|not allowed)",
-            r"access denied.{0,40}(?:\bip\b|banned|rbl)",
+            r"(?:(?<![?&])\bip\b(?!=)|ip address|host|network|client).{0,30}(?:is )?"
+            r"(?:banned|blacklisted|denied|refused|rejected|not allowed)",
+            r"access denied.{0,40}(?:(?<![?&])\bip\b(?!=)|banned|rbl)",
             r"connection refused",
             r"not allowed to send (?:mail )?from",
-            r"(?:refused|rejected) (?:due to|because of) .{0,30}(?:\bip\b|reputation)",
+            r"(?:refused|rejected) (?:due to|because of) .{0,30}"
+            r"(?:(?<![?&])\bip\b(?!=)|reputation)",
             r"client host .{0,60}rejected",
             r"your (?:ip|server|host|network)\b",
             r"invalid ip",
@@ -725,13 +726,14 @@ _DECISIVE: Final[frozenset[str]] = frozenset(
     {"1.2", "1.6", "1.8", "2.2", "2.3", "3.4", "7.25", "7.26", "7.509"}
 )
 _COMMAND: Final = re.compile(
-    r"(?:(?:after|in reply to|reply to|during|for|>>>|in:|our)\s+(?:the\s+)?"
-    r"(rcpt|mail|data|end of data|helo|ehlo|starttls)\b)"
+    r"(?:(?:\b(?:after|in reply to|reply to|during|for|our)|>>>|\bin:)\s+(?:the\s+)?"
+    r"(rcpt|mail(?= from)|data|end of data|helo|ehlo|starttls)\b)"
     r"|\b(rcpt|mail from|data|helo|ehlo)(?: to)? command"
     r"|smtp command:?\s+(rcpt|mail|data)\b",
 )
 
 
+_SMTP_REPLY: Final = re.compile(r"(?<![\d.])5[0-5]\d(?![\d.])")
 _TIMED_OUT: Final = re.compile(r"timed? ?out", re.IGNORECASE)
 
 
@@ -772,10 +774,15 @@ def classify(
         reason == "userunknown"
         and not detail.startswith("1.")
         and command != "RCPT"
-        and (command == "DATA" or detail.startswith("2."))
+        and (
+            command == "DATA"
+            or detail.startswith("2.")
+            or (status is None and _SMTP_REPLY.search(text) is not None)
+        )
     ):
-        # an unknown-user answer given to the message body, not to the address, comes from a
-        # filter: the address itself was accepted
+        # an unknown-user answer given to the message body, or by a server that named no
+        # command and gave no code about the address, comes from a filter: the address itself
+        # was not what it judged
         reason = "filtered"
     if command == "MAIL" and reason in ("undefined", "userunknown", "hostunknown"):
         reason = "rejected"
@@ -788,7 +795,7 @@ def classify(
             reason = "expired"
     temporary = status is not None and status.startswith("4")
     if action == "failed" and (
-        (temporary and reason in ("undefined", "systemerror"))
+        (temporary and reason == "undefined")
         or (reason == "networkerror" and _TIMED_OUT.search(text) is not None)
     ):
         # a temporary failure reported as final, or connections that kept timing out: the
