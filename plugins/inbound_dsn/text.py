@@ -10,6 +10,8 @@ import re
 from typing import Final
 
 ADDRESS: Final = re.compile(
+    # starting only where a local part can start keeps the scan linear in long words
+    r"(?<![A-Za-z0-9!#$%&'*+/=?^_`{|}~-])"
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
