@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from plugins.inbound_dsn.commands import parse_bounce
 from plugins.inbound_dsn.parse import parse_message, parse_path
 from plugins.inbound_dsn.reasons import PHRASES, REASONS
+from plugins.inbound_dsn.text import addresses_in, find_status, replied_status
 
 BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "bounces"
 MAILDIR = BOUNCES / "corpus"
@@ -289,3 +290,36 @@ def test_the_literal_gate_never_hides_a_phrase_match(words: list[str]) -> None:
     text = "".join(w if w in (" ", "\n") else w + " " for w in words)
     for _, phrases in PHRASES:
         assert phrases.search(text) == (phrases.pattern.search(text) is not None)
+
+
+CODES = st.tuples(
+    st.sampled_from("245"), st.integers(min_value=0, max_value=999), st.integers(0, 999)
+).map(lambda c: f"{c[0]}.{c[1]}.{c[2]}")
+FILLER = st.text(alphabet=st.sampled_from("abc xyz:;()<>,\n"), max_size=30)
+
+
+@given(FILLER, CODES, FILLER)
+@settings(max_examples=300, deadline=None)
+def test_a_status_code_in_prose_is_found(before: str, code: str, after: str) -> None:
+    assert find_status(f"{before} 550 {code} {after}") == code
+    assert replied_status(f"{before} 550 {code} {after}") == code
+
+
+@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255), FILLER)
+@settings(max_examples=200, deadline=None)
+def test_dotted_ip_addresses_are_no_status_codes(a: int, b: int, c: int, text: str) -> None:
+    assert find_status(f"{text} host 5.{a}.{b}.{c} said {text}") is None
+
+
+LOCAL = st.from_regex(r"[a-z0-9][a-z0-9_+-]{0,12}(\.[a-z0-9_+-]{1,8})?", fullmatch=True)
+DOMAIN = st.from_regex(r"[a-z0-9]{1,10}(-[a-z0-9]{1,5})?\.[a-z]{2,6}", fullmatch=True)
+
+
+@given(LOCAL, DOMAIN, FILLER, FILLER)
+@settings(max_examples=300, deadline=None)
+def test_an_address_in_prose_is_found_whole(
+    local: str, domain: str, before: str, after: str
+) -> None:
+    address = f"{local}@{domain}"
+    assert address in addresses_in(f"{before} <{address}>: {after}")
+    assert address in addresses_in(f"{before}\n  {address.upper()}\n{after}")
