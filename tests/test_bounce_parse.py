@@ -323,3 +323,43 @@ def test_an_address_in_prose_is_found_whole(
     address = f"{local}@{domain}"
     assert address in addresses_in(f"{before} <{address}>: {after}")
     assert address in addresses_in(f"{before}\n  {address.upper()}\n{after}")
+
+
+def test_a_newsletter_from_a_no_reply_address_is_no_bounce() -> None:
+    raw = (
+        b"From: Example News <no-reply@news.example.com>\r\n"
+        b"To: reader@example.org\r\n"
+        b"Subject: This week at Example\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        b"Hello reader@example.org,\r\n\r\nOur new shop opens on Monday. Write to\r\n"
+        b"  sales@example.com\r\nfor an appointment.\r\n"
+    )
+    report = parse_message(raw)
+    assert report.kind == "not_bounce"
+    assert report.recipients == ()
+
+
+def test_a_plain_text_notice_without_a_dsn_part_is_read() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.net\r\n"
+        b"To: sender@example.com\r\n"
+        b"Subject: failure notice\r\n\r\n"
+        b"I wasn't able to deliver your message to the following addresses.\r\n\r\n"
+        b"<gone@example.net>:\r\n"
+        b"192.0.2.1 does not like recipient.\r\n"
+        b"Remote host said: 550 5.1.1 <gone@example.net>... User unknown\r\n\r\n"
+        b"--- Below this line is a copy of the message.\r\n\r\n"
+        b"From: sender@example.com\r\nTo: gone@example.net\r\n"
+        b"Message-ID: <abc.123@example.com>\r\n\r\nhello\r\n"
+    )
+    report = parse_message(raw)
+    assert report.kind == "bounce"
+    assert report.original_message_id == "abc.123@example.com"
+    [item] = report.recipients
+    assert (item.recipient, item.status, item.reply_code, item.reason, item.hard) == (
+        "gone@example.net",
+        "5.1.1",
+        "550",
+        "userunknown",
+        True,
+    )

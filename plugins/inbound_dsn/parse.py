@@ -57,6 +57,11 @@ _BOUNCE_FROM: Final = re.compile(
     r"|mail system|microsoftexchange|no-?reply|notify|returned",
     re.IGNORECASE,
 )
+_FAILURE_WORDS: Final = re.compile(
+    r"deliver|could ?n.?o?t be|failed|failure|reject|refused|returned|bounced|unable to|error"
+    r"|permanent|temporar|does not exist|unknown|invalid|no such|quota|blocked|denied",
+    re.IGNORECASE,
+)
 _AUTO_REPLY_SUBJECT: Final = re.compile(
     r"^(?:auto(?:matic)?[ -]?(?:reply|response|antwort)|out of (?:the )?office|vacation"
     r"|away from|abwesenheit|autosvar|r[ée]ponse automatique)",
@@ -380,11 +385,11 @@ def _looks_like_bounce(msg: email.message.Message, subject: str | None, text: st
     null_sender = return_path in ("<>", "") and msg.get("return-path") is not None
     if msg.get_content_type() == "multipart/report":
         return True
+    # a notice says what went wrong: a reply or status code, or the words for a failure
+    says_failure = _has_codes(text) or _FAILURE_WORDS.search(text) is not None
     if _BOUNCE_FROM.search(sender) or null_sender:
-        return True
-    if subject and _BOUNCE_SUBJECT.search(subject):
-        return bool(re.search(r"\b[45]\d\d\b|\b[45]\.\d{1,3}\.\d{1,3}\b|deliver", text, re.I))
-    return False
+        return says_failure
+    return bool(subject and _BOUNCE_SUBJECT.search(subject) and says_failure)
 
 
 def _from_text(
