@@ -67,6 +67,7 @@ _AUTO_REPLY_SUBJECT: Final = re.compile(
     r"|away from|abwesenheit|autosvar|r[ée]ponse automatique)",
     re.IGNORECASE,
 )
+_NOTICE_LIMIT: Final = 64 * 1024
 _DELIVERED_ACTIONS: Final = frozenset({"delivered", "relayed", "expanded"})
 
 
@@ -110,7 +111,8 @@ def _parse(raw: bytes) -> Report:
         return _with_attribution(ses, headers, msg, subject)
 
     blocks, per_message = _dsn_blocks(parts, body)
-    text = cut_original(body)
+    # real notices are short: whatever follows this much is no explanation worth reading
+    text = cut_original(body)[:_NOTICE_LIMIT]
     if not headers:
         headers = _headers_in_text(message_text(msg, include_original=True))
     if blocks:
@@ -507,4 +509,6 @@ def _paragraph_about(text: str, address: str, others: list[str] | None = None) -
             if number not in seen:
                 seen.add(number)
                 picked.append(lines[number])
+        if len(picked) > 40:
+            break
     return "\n".join(picked) if picked else None
