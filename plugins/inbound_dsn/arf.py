@@ -13,7 +13,7 @@ import re
 from typing import Final
 
 from plugins.inbound_dsn.report import FailedRecipient, Report
-from plugins.inbound_dsn.text import Parts, addresses_in, decode_header, part_text
+from plugins.inbound_dsn.text import Parts, addresses_in, decode_header, header, part_text, payload
 
 _REPORT_TYPES: Final = frozenset({"message/feedback-report", "text/feedback-report"})
 _RECIPIENT_FIELDS: Final = ("original-rcpt-to", "removal-recipient")
@@ -40,22 +40,17 @@ def parse_complaint(
     vendor = _vendor_recipient(msg, original)
     if vendor is not None:
         return _complaint(vendor, "abuse", None, original, is_arf=False)
-    if (msg.get("x-apple-unsubscribe") or "").strip().lower() == "true":
+    if (header(msg, "x-apple-unsubscribe") or "").strip().lower() == "true":
         sender = addresses_in(decode_header(msg.get("from")) or "")
         return _complaint(sender[:1], "opt-out", None, None, is_arf=False)
     return None
 
 
 def _fields(part: email.message.Message) -> dict[str, list[str]]:
-    payload = part.get_payload()
+    children = payload(part)
     text: str
-    if isinstance(payload, list):
-        text = "\n".join(
-            f"{k}: {v}"
-            for sub in payload
-            if isinstance(sub, email.message.Message)
-            for k, v in sub.items()
-        )
+    if isinstance(children, list):
+        text = "\n".join(f"{k}: {v}" for sub in children for k, v in sub.items())
     else:
         text = part_text(part)
     found: dict[str, list[str]] = {}

@@ -26,12 +26,15 @@ from plugins.inbound_dsn.text import (
     addresses_in,
     cut_original,
     decode_header,
+    decoded_payload,
     find_reply_code,
     find_status,
+    header,
     message_text,
     normalise_newlines,
     original_part,
     parts_of,
+    payload,
     replied_status,
 )
 from plugins.inbound_dsn.vendors import localised_reason, parse_ses
@@ -150,7 +153,9 @@ def _with_attribution(
 ) -> Report:
     message_id = report.original_message_id or _message_id(headers.get("message-id"))
     if message_id is None:
-        message_id = _message_id(msg.get("in-reply-to")) or _message_id(msg.get("references"))
+        message_id = _message_id(header(msg, "in-reply-to")) or _message_id(
+            header(msg, "references")
+        )
     return Report(
         kind=report.kind,
         recipients=report.recipients,
@@ -220,17 +225,13 @@ def _dsn_blocks(parts: Parts, body: str) -> tuple[list[dict[str, str]], dict[str
 
 
 def _part_text(part: email.message.Message) -> str:
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        chunks = []
-        for sub in payload:
-            if isinstance(sub, email.message.Message):
-                chunks.append("\n".join(f"{k}: {v}" for k, v in sub.items()))
-        return "\n\n".join(chunks)
-    data = part.get_payload(decode=True)
-    if isinstance(data, bytes):
+    children = payload(part)
+    if isinstance(children, list):
+        return "\n\n".join("\n".join(f"{k}: {v}" for k, v in sub.items()) for sub in children)
+    data = decoded_payload(part)
+    if data is not None:
         return data.decode("utf-8", errors="replace")
-    return str(payload)
+    return children
 
 
 def _field_blocks(text: str) -> list[dict[str, str]]:
@@ -373,18 +374,18 @@ def _is_auto_reply(msg: email.message.Message, subject: str | None, evidence: bo
         return True
     if evidence:
         return False
-    auto = (msg.get("auto-submitted") or "").strip().lower()
+    auto = (header(msg, "auto-submitted") or "").strip().lower()
     if auto.startswith("auto-replied"):
         return True
     if any(msg.get(h) for h in ("x-autoreply", "x-autorespond", "x-autoresponder")):
         return True
-    return (msg.get("precedence") or "").strip().lower() == "auto_reply"
+    return (header(msg, "precedence") or "").strip().lower() == "auto_reply"
 
 
 def _looks_like_bounce(msg: email.message.Message, subject: str | None, text: str) -> bool:
     sender = decode_header(msg.get("from")) or ""
-    return_path = (msg.get("return-path") or "").strip()
-    null_sender = return_path in ("<>", "") and msg.get("return-path") is not None
+    return_path = header(msg, "return-path")
+    null_sender = return_path is not None and return_path.strip() in ("<>", "")
     if msg.get_content_type() == "multipart/report":
         return True
     # a notice says what went wrong: a reply or status code, or the words for a failure
@@ -402,7 +403,7 @@ def _from_text(
         excluded.update(addresses_in(decode_header(msg.get(name)) or ""))
     for name in ("from", "return-path", "sender", "reply-to"):
         excluded.update(addresses_in(headers.get(name, "")))
-    message_ids = set(addresses_in(" ".join(msg.get_all("message-id") or [])))
+    message_ids = set(addresses_in(" ".join(str(v) for v in msg.get_all("message-id") or [])))
     message_ids.update(addresses_in(headers.get("message-id", "")))
     candidates: list[str] = list(dict.fromkeys(failed_header))
     if not candidates:

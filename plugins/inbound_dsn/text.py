@@ -60,6 +60,31 @@ _HEADER_BLOCK: Final = re.compile(
 )
 
 
+def header(msg: email.message.Message, name: str) -> str | None:
+    """A header's raw text (compat32 hands back ``Header`` objects for undecodable bytes)."""
+    value = msg.get(name)
+    return None if value is None else str(value)
+
+
+def payload(part: email.message.Message) -> list[email.message.Message] | str:
+    """A part's sub-parts or undecoded text; empty when its charset parameter is unusable."""
+    try:
+        found = part.get_payload()
+    except (ValueError, LookupError):  # a charset parameter the codec machinery rejects
+        return ""
+    if isinstance(found, list):
+        return [p for p in found if isinstance(p, email.message.Message)]
+    return found if isinstance(found, str) else ""
+
+
+def decoded_payload(part: email.message.Message) -> bytes | None:
+    try:
+        data = part.get_payload(decode=True)
+    except (ValueError, LookupError):
+        return None
+    return data if isinstance(data, bytes) else None
+
+
 def normalise_newlines(raw: bytes) -> bytes:
     """CRLF and CR-only line endings become LF, so one set of rules reads all three."""
     if b"\r" not in raw:
@@ -122,10 +147,10 @@ def find_reply_code(text: str) -> str | None:
 
 
 def part_text(part: email.message.Message) -> str:
-    data = part.get_payload(decode=True)
-    if not isinstance(data, bytes):
-        payload = part.get_payload()
-        return payload if isinstance(payload, str) else ""
+    data = decoded_payload(part)
+    if data is None:
+        found = payload(part)
+        return found if isinstance(found, str) else ""
     charset = part.get_content_charset() or "utf-8"
     try:
         text = data.decode(charset, errors="replace")
@@ -150,9 +175,9 @@ def message_text(msg: email.message.Message, include_original: bool = False) -> 
             if include_original:
                 chunks.append(_original_as_text(part))
             continue
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            stack[0:0] = [p for p in payload if isinstance(p, email.message.Message)]
+        children = payload(part)
+        if isinstance(children, list):
+            stack[0:0] = children
             continue
         # a multipart type whose boundary is missing is read as the text it really is
         if ctype.startswith(("text/", "multipart/")) or part is msg:
@@ -164,9 +189,9 @@ def message_text(msg: email.message.Message, include_original: bool = False) -> 
 
 
 def _original_as_text(part: email.message.Message) -> str:
-    payload = part.get_payload()
-    if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
-        return "\n".join(f"{k}: {v}" for k, v in payload[0].items())
+    children = payload(part)
+    if isinstance(children, list) and children:
+        return "\n".join(f"{k}: {v}" for k, v in children[0].items())
     return part_text(part)
 
 
@@ -183,9 +208,9 @@ def original_part(msg: email.message.Message, parts: Parts) -> email.message.Mes
     for part, ctype in parts:
         if part is msg or ctype not in _ORIGINAL_TYPES:
             continue
-        payload = part.get_payload()
-        if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
-            return payload[0]
+        children = payload(part)
+        if isinstance(children, list) and children:
+            return children[0]
         text = part_text(part)
         if text:
             return email.message_from_string(text.lstrip("\n"))
