@@ -407,7 +407,11 @@ def _from_text(
     message_ids.update(addresses_in(headers.get("message-id", "")))
     candidates: list[str] = list(dict.fromkeys(failed_header))
     if not candidates:
-        named = addresses_in(_strip_noise(text))
+        lowered = text.lower()
+        # the notice's help addresses and the envelope sender it quotes are no recipients
+        for mention in (_HELP_ADDRESS, _SENDER_MENTION):
+            excluded.update(a for m in mention.finditer(lowered) for a in addresses_in(m.group(0)))
+        named = addresses_in(_strip_noise(lowered))
         candidates = [
             a for a in dict.fromkeys(named) if _plausible(a, message_ids) and a not in excluded
         ]
@@ -451,7 +455,8 @@ def _standalone(text: str) -> list[str]:
 
 
 _NOISE: Final = re.compile(
-    r"^(?:received|message-id|in-reply-to|references|x-[\w-]+|dkim-signature|list-[\w-]+)\s*:.*"
+    r"^[> \t]*(?:received|message-id|in-reply-to|references|x-[\w-]+|dkim-signature|list-[\w-]+)"
+    r"\s*:.*"
     r"(?:\n[ \t].*)*",
     re.MULTILINE,
 )
@@ -464,9 +469,15 @@ _HELP_ADDRESS: Final = re.compile(
 )
 
 
-def _strip_noise(text: str) -> str:
-    """The notice, lower-cased, without header lines and help addresses."""
-    return _HELP_ADDRESS.sub("", _NOISE.sub("", text.lower()))
+_SENDER_MENTION: Final = re.compile(
+    r"(?:mail\s+from|envelope-from|envelope sender|return-path|x-postfix-sender)\s*[:=;]?\s*"
+    r"(?:rfc822;\s*)?<?[\w.+'=/-]+@[\w.-]+>?"
+)
+
+
+def _strip_noise(lowered: str) -> str:
+    """The lower-cased notice without header lines."""
+    return _NOISE.sub("", lowered)
 
 
 def _paragraph_about(text: str, address: str, others: list[str] | None = None) -> str | None:
