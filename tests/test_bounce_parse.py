@@ -373,3 +373,15 @@ def test_a_plain_text_notice_without_a_dsn_part_is_read() -> None:
         "userunknown",
         True,
     )
+
+
+def test_a_report_flattened_to_plain_text_is_still_a_complaint() -> None:
+    raw = (MAILDIR / "maildir" / "bsd" / "arf-16.eml").read_bytes()
+    flattened = raw.replace(b"Content-Type: message/feedback-report", b"Content-Type: text/plain")
+    assert flattened != raw
+    report = parsed_without_fallback(flattened)
+    assert report.kind == "feedback"
+    assert [i.recipient for i in report.recipients] == [
+        i.recipient for i in parse_message(raw).recipients
+    ]
+    assert {i.feedback_type for i in report.recipients} == {"abuse"}

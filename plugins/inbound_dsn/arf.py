@@ -23,16 +23,24 @@ _VENDOR_RECIPIENT_HEADERS: Final = ("x-hmxmroriginalrecipient", "x-original-rcpt
 _COMPLAINT_SUBJECT: Final = re.compile(
     r"complaint|abuse report|feedback report|spam report|\bfbl\b", re.IGNORECASE
 )
+# A Feedback-Type field with the User-Agent or Version field every ARF report carries beside it.
+_PASTED_REPORT: Final = re.compile(
+    r"^feedback-type:[ \t]*[\w-]+[ \t]*$(?:\n[^\n]*){0,12}?\n(?:user-agent|version):",
+    re.IGNORECASE | re.MULTILINE,
+)
 _FIELD: Final = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$", re.MULTILINE)
 
 
 def parse_complaint(
-    msg: email.message.Message, original: email.message.Message | None, parts: Parts
+    msg: email.message.Message, original: email.message.Message | None, parts: Parts, body: str
 ) -> Report | None:
     """A ``feedback`` report, or None when the message is no complaint."""
     for part, ctype in parts:
         if ctype in _REPORT_TYPES:
             return _from_report(_fields(part), msg, original)
+    if _PASTED_REPORT.search(body):
+        # ARF fields pasted into a text part by a relay that flattened the report
+        return _from_report(_text_fields(body), msg, original)
     if parts[0][1] == "multipart/report" and (
         (msg.get_param("report-type") or "") == "feedback-report"
     ):
@@ -46,6 +54,13 @@ def parse_complaint(
     return None
 
 
+def _text_fields(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for match in _FIELD.finditer(text):
+        found.setdefault(match.group(1).lower(), []).append(match.group(2).strip())
+    return found
+
+
 def _fields(part: email.message.Message) -> dict[str, list[str]]:
     children = payload(part)
     text: str
@@ -53,10 +68,7 @@ def _fields(part: email.message.Message) -> dict[str, list[str]]:
         text = "\n".join(f"{k}: {v}" for sub in children for k, v in sub.items())
     else:
         text = part_text(part)
-    found: dict[str, list[str]] = {}
-    for match in _FIELD.finditer(text):
-        found.setdefault(match.group(1).lower(), []).append(match.group(2).strip())
-    return found
+    return _text_fields(text)
 
 
 def _from_report(

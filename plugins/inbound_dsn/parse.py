@@ -104,11 +104,11 @@ def _parse(raw: bytes) -> Report:
     original = original_part(msg, parts)
     headers = _original_headers(original) if original is not None else {}
 
-    complaint = arf.parse_complaint(msg, original, parts)
+    body = message_text(msg)
+    complaint = arf.parse_complaint(msg, original, parts, body)
     if complaint is not None:
         return _with_attribution(complaint, headers, msg, subject)
 
-    body = message_text(msg)
     ses = parse_ses(body)
     if ses is not None:
         return _with_attribution(ses, headers, msg, subject)
