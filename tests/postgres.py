@@ -7,12 +7,14 @@ own, so tests never see each other's rows or schema, and it is dropped afterward
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 
@@ -38,9 +40,22 @@ def fresh_database(url: str) -> Iterator[str]:
             cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         yield with_database(url, name)
     finally:
-        with admin.cursor() as cursor:
-            # FORCE ends connections a test left open (a connection pool, a killed server).
-            cursor.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        _drop(admin, name)
         admin.close()
+
+
+def _drop(admin: psycopg2.extensions.connection, name: str) -> None:
+    # FORCE ends connections a test left open (a connection pool, a killed server). It cannot
+    # end an autovacuum worker as a non-superuser, so wait for that one to finish and retry.
+    deadline = time.monotonic() + 60
+    statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    while True:
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(statement)
+            return
+        except psycopg2.errors.InsufficientPrivilege:
+            if time.monotonic() > deadline:
+                raise
+            with admin.cursor() as cursor:
+                cursor.execute("SELECT pg_sleep(0.2)")
