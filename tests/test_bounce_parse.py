@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from plugins.inbound_dsn.commands import parse_bounce
 from plugins.inbound_dsn.parse import parse_message, parse_path
-from plugins.inbound_dsn.reasons import PHRASES, REASONS
+from plugins.inbound_dsn.reasons import PHRASES, REASONS, classify
 from plugins.inbound_dsn.report import Report
 from plugins.inbound_dsn.text import addresses_in, find_status, replied_status
 
@@ -385,3 +385,23 @@ def test_a_report_flattened_to_plain_text_is_still_a_complaint() -> None:
         i.recipient for i in parse_message(raw).recipients
     ]
     assert {i.feedback_type for i in report.recipients} == {"abuse"}
+
+
+@pytest.mark.parametrize(
+    ("diagnostic", "status", "reason"),
+    [
+        ("550 5.1.1 Benutzer unbekannt", "5.1.1", "userunknown"),
+        ("550 5.1.1 Utilisateur inconnu", "5.1.1", "userunknown"),
+        ("宛先のユーザが存在しません", "5.1.1", "userunknown"),
+        ("552 5.2.2 Postfach voll", "5.2.2", "mailboxfull"),
+        ("452 4.2.2 Boîte aux lettres pleine", "4.2.2", "mailboxfull"),
+        ("552 buzón lleno", None, "mailboxfull"),
+        ("554 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org", "5.7.1", "blocked"),
+        ("550 5.7.1 Message rejected as spam by Content Filtering", "5.7.1", "spamdetected"),
+        ("550 5.7.26 Unauthenticated email is not accepted", "5.7.26", "authfailure"),
+        ("554 5.4.7 delivery expired (message too old)", "5.4.7", "expired"),
+        ("Host or domain name not found. Name service error", "5.4.4", "hostunknown"),
+    ],
+)
+def test_reasons_read_from_the_wording(diagnostic: str, status: str | None, reason: str) -> None:
+    assert classify(diagnostic, status, action="failed") == reason

@@ -58,6 +58,11 @@ _QUANTIFIERS = frozenset("?*+{")
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 -:/'<>,;=@#_%&!\"")
 
 
+def _plain(char: str) -> bool:
+    """A character that stands for itself in a pattern (non-ASCII letters included)."""
+    return char in _PLAIN or (char > "\x7f" and char.isalnum())
+
+
 def _closing(phrase: str, start: int) -> int:
     """The index of the parenthesis closing the group opened at ``start``."""
     depth = 0
@@ -101,7 +106,7 @@ def _anchors(phrase: str) -> tuple[str, ...] | None:
             return None
         if char == "\\" and i + 1 < len(phrase) and not phrase[i + 1].isalnum():
             literal: str | None = phrase[i + 1]
-        elif char in _PLAIN:
+        elif _plain(char):
             literal = char
         else:
             literal = None
@@ -127,7 +132,7 @@ def _literal_alternatives(body: str) -> tuple[str, ...] | None:
     if not body.startswith("?:"):
         return None
     alternatives = tuple(body[2:].split("|"))
-    if all(a and all(c in _PLAIN for c in a) for a in alternatives):
+    if all(a and all(_plain(c) for c in a) for a in alternatives):
         return alternatives
     return None
 
@@ -318,6 +323,13 @@ PHRASES: Final[tuple[tuple[str, Phrases], ...]] = (
             r"exceeds? (?:size limit|quota)",
             r"out of (?:storage|space)",
             r"mailbox full",
+            r"(?:postfach|mailbox) (?:ist )?voll",
+            r"bo[iî]te (?:aux lettres )?(?:est )?pleine",
+            r"buz[oó]n (?:est[aá] )?lleno",
+            r"casella (?:di posta )?piena",
+            r"容量オーバー",
+            r"容量超過",
+            r"容量が不足",
         ),
     ),
     (
@@ -503,6 +515,13 @@ PHRASES: Final[tuple[tuple[str, Phrases], ...]] = (
             r"no account by that name",
             r"mailbox name not allowed",
             r"check if address is correct",
+            # the same in the languages notices most often come in
+            r"(?:benutzer|empfänger|empfaenger) unbekannt",
+            r"unbekannte[rn]? (?:benutzer|empfänger|adresse)",
+            r"(?:utilisateur|destinataire|adresse) inconnue?",
+            r"(?:usuario|destinatario) desconocido",
+            r"utente sconosciuto",
+            r"(?:宛先|ユーザ|アドレス)[^。\n]{0,12}(?:存在しません|見つかりません)",
             r"recip(?:ient)?notfound",
             r"addressee unknown",
             r"not a known user",
