@@ -6,6 +6,8 @@ import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 
+from quart import request
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -43,3 +45,13 @@ def client_ip(
             except ValueError:
                 return remote_addr
     return hops[0] if hops else remote_addr
+
+
+def visitor(trusted_proxies: tuple[str, ...]) -> dict[str, str | None]:
+    """The user agent and client address of the request being served, as events record them."""
+    return {
+        "user_agent": request.headers.get("User-Agent"),
+        "ip": client_ip(
+            request.remote_addr, request.headers.get("X-Forwarded-For"), trusted_proxies
+        ),
+    }

@@ -12,7 +12,7 @@ from quart import Blueprint, Response, jsonify, request
 from werkzeug.urls import iri_to_uri
 
 from core import Event, current_runtime
-from core.http import client_ip
+from core.http import visitor
 from core.links import is_http
 
 log = structlog.get_logger("scaisend.click_tracking")
@@ -50,12 +50,7 @@ async def click(token: str) -> Response:
                     "recipient_number": claims.recipient,
                     "url": target,
                     "dedupe_key": target,  # one unique click per recipient and URL
-                    "user_agent": request.headers.get("User-Agent"),
-                    "ip": client_ip(
-                        request.remote_addr,
-                        request.headers.get("X-Forwarded-For"),
-                        runtime.config.trusted_proxies,
-                    ),
+                    **visitor(runtime.config.trusted_proxies),
                     "referer": request.headers.get("Referer"),
                 },
             )

@@ -19,7 +19,7 @@ import structlog
 from quart import Blueprint, Response, request
 
 from core import Event, current_runtime
-from core.http import client_ip
+from core.http import visitor
 from plugins.image_proxy.api import error, library
 from plugins.image_proxy.library import Served, matches
 
@@ -48,12 +48,7 @@ def _record_load(image_id: str, image: Served) -> None:
                     "source": SOURCE,
                     "image_id": image_id,
                     "dedupe_key": "",  # one unique open per recipient, pixel or image alike
-                    "user_agent": request.headers.get("User-Agent"),
-                    "ip": client_ip(
-                        request.remote_addr,
-                        request.headers.get("X-Forwarded-For"),
-                        runtime.config.trusted_proxies,
-                    ),
+                    **visitor(runtime.config.trusted_proxies),
                 },
             )
         )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 
 import structlog
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from core import Event, current_runtime
-from core.http import client_ip
+from core.http import visitor
 
 log = structlog.get_logger("scaisend.open_tracking")
 
@@ -36,12 +36,7 @@ async def pixel(token: str) -> Response:
                     data={
                         "recipient_number": claims.recipient,
                         "dedupe_key": "",  # the first open of each recipient is the unique one
-                        "user_agent": request.headers.get("User-Agent"),
-                        "ip": client_ip(
-                            request.remote_addr,
-                            request.headers.get("X-Forwarded-For"),
-                            runtime.config.trusted_proxies,
-                        ),
+                        **visitor(runtime.config.trusted_proxies),
                     },
                 )
             )
