@@ -20,6 +20,17 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/, not the repo, 
     sys.path.insert(0, str(ROOT))
 
 
+def tracking_plugins(with_image_proxy: bool) -> tuple[str, ...]:
+    """Built-in plugins for the instrumentation benchmarks: the issue's features (open, click,
+    ganalytics, and subscription, off unless asked) with or without the image proxy, which
+    rewrites library images in every send and has no counterpart in the peer."""
+    from core.plugins import DEFAULT_PLUGINS
+
+    if with_image_proxy:
+        return DEFAULT_PLUGINS
+    return tuple(name for name in DEFAULT_PLUGINS if name.rpartition(".")[2] != "image_proxy")
+
+
 def corpus_files(root: Path = CORPUS) -> list[Path]:
     """Every ``*.html`` under the corpus, in a stable order. Read in place, never copied."""
     files = sorted(root.rglob("*.html"))

@@ -180,6 +180,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="ScaiSend runs per shape (median)")
     parser.add_argument("--baseline-seconds", type=float, default=15.0)
     parser.add_argument("--baseline-all", action="store_true", help="all 10,000 baseline copies")
+    parser.add_argument(
+        "--with-image-proxy",
+        action="store_true",
+        help="also load the image proxy plugin (on in the server; pytracking has no such pass)",
+    )
     args = parser.parse_args()
     logs.configure("warning")
 
@@ -193,7 +198,7 @@ def main() -> None:
     notes = []
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="scaisend-bench-") as tmp:
-        harness = Harness(Path(tmp))
+        harness = Harness(Path(tmp), builtins=_common.tracking_plugins(args.with_image_proxy))
         runtime = harness.open_runtime()
         try:
             service = SendService(runtime)

@@ -86,13 +86,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="most corpus passes per side")
     parser.add_argument("--budget", type=float, default=6.0, help="seconds per configuration")
+    parser.add_argument(
+        "--with-image-proxy",
+        action="store_true",
+        help="also load the image proxy plugin (on in the server; pytracking has no such pass)",
+    )
     args = parser.parse_args()
     logs.configure("warning")
 
     files = _common.corpus_files()
     sources = [_common.read_html(f) for f in files]
     with tempfile.TemporaryDirectory(prefix="scaisend-bench-") as tmp:
-        harness = Harness(Path(tmp))
+        harness = Harness(Path(tmp), builtins=_common.tracking_plugins(args.with_image_proxy))
         runtime = harness.open_runtime()
         try:
             report(args, files, sources, runtime)

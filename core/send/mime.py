@@ -283,6 +283,20 @@ class EncodedBody:
         return b"".join(out)
 
 
+_ENCODED_BODIES: weakref.WeakKeyDictionary[Template, EncodedBody] = weakref.WeakKeyDictionary()
+
+
+def _encoded_body(template: Template) -> EncodedBody:
+    """A body template encoded once for every personalization of a send (they share it)."""
+    try:
+        encoded = _ENCODED_BODIES.get(template)
+    except TypeError:  # a plugin's slot that cannot be hashed: encode without the cache
+        return EncodedBody.compile(template)
+    if encoded is None:
+        encoded = _ENCODED_BODIES[template] = EncodedBody.compile(template)
+    return encoded
+
+
 def _boundary() -> str:
     # Random and long: it cannot occur in quoted-printable or base64 parts by chance.
     return "=_scaisend_" + secrets.token_hex(16)
@@ -421,9 +435,9 @@ def compile_message(
     regular = [a for a in submission.attachments if a.disposition != "inline"]
     alternatives = []
     if text is not None:
-        alternatives.append(_leaf("text/plain", EncodedBody.compile(text)))
+        alternatives.append(_leaf("text/plain", _encoded_body(text)))
     if html is not None:
-        html_leaf = _leaf("text/html", EncodedBody.compile(html))
+        html_leaf = _leaf("text/html", _encoded_body(html))
         if html.related:
             # The HTML and every part it refers to by cid: form one multipart/related.
             parts = [[_attachment_part(a)] for a in inline]
