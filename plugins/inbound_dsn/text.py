@@ -29,6 +29,7 @@ _ORIGINAL_TYPES: Final = frozenset(
         "message/rfc822",
         "text/rfc822-headers",
         "message/rfc822-headers",
+        "message/partial",
         "message/global",
         "message/global-headers",
     }
@@ -204,17 +205,27 @@ def parts_of(msg: email.message.Message) -> Parts:
 
 
 def original_part(msg: email.message.Message, parts: Parts) -> email.message.Message | None:
-    """The headers of the returned original message, when a MIME part carries them."""
+    """The headers of the returned original message, when a MIME part carries them. When that
+    message is itself a report (a forwarded bounce), the original is the one it returns."""
+    found = None
     for part, ctype in parts:
         if part is msg or ctype not in _ORIGINAL_TYPES:
             continue
+        if found is not None and found.get_content_type() != "multipart/report":
+            break
         children = payload(part)
         if isinstance(children, list) and children:
-            return children[0]
-        text = part_text(part)
-        if text:
-            return email.message_from_string(text.lstrip("\n"))
-    return None
+            if len(children[0]) > 0:
+                found = children[0]
+                continue
+            # blank lines before the headers leave the parser an empty header section
+            inner = payload(children[0])
+            text = inner if isinstance(inner, str) else ""
+        else:
+            text = part_text(part)
+        if text.strip():
+            found = email.message_from_string(text.lstrip("\n"))
+    return found
 
 
 def cut_original(text: str) -> str:
