@@ -102,7 +102,7 @@ def _parse(raw: bytes) -> Report:
     # real notices are short: whatever follows this much is no explanation worth reading
     text = cut_original(body)[:_NOTICE_LIMIT]
     if not headers:
-        headers = _headers_in_text(message_text(msg, include_original=True))
+        headers = _headers_in_text(body)
     if blocks:
         recipients = failed_in_dsn(blocks, text)
         if recipients:

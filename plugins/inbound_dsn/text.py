@@ -164,8 +164,8 @@ def part_text(part: email.message.Message) -> str:
     return text
 
 
-def message_text(msg: email.message.Message, include_original: bool = False) -> str:
-    """The readable text of a notice; the returned original is left out unless asked for."""
+def message_text(msg: email.message.Message) -> str:
+    """The readable text of a notice, without the parts that return the original message."""
     chunks: list[str] = []
     plain_seen = False
     stack: list[email.message.Message] = [msg]
@@ -173,8 +173,6 @@ def message_text(msg: email.message.Message, include_original: bool = False) -> 
         part = stack.pop(0)
         ctype = part.get_content_type()
         if ctype in _ORIGINAL_TYPES and part is not msg:
-            if include_original:
-                chunks.append(_original_as_text(part))
             continue
         children = payload(part)
         if isinstance(children, list):
@@ -187,13 +185,6 @@ def message_text(msg: email.message.Message, include_original: bool = False) -> 
             plain_seen = plain_seen or ctype == "text/plain"
             chunks.append(part_text(part))
     return "\n\n".join(chunks)
-
-
-def _original_as_text(part: email.message.Message) -> str:
-    children = payload(part)
-    if isinstance(children, list) and children:
-        return "\n".join(f"{k}: {v}" for k, v in children[0].items())
-    return part_text(part)
 
 
 Parts = list[tuple[email.message.Message, str]]
