@@ -1,8 +1,10 @@
 """Why a delivery failed: the reason taxonomy and the rules that pick a reason.
 
-A reason comes from the diagnostic wording first (MTAs agree far more on how they phrase a
-failure than on which enhanced status code they attach to it), then from the enhanced status
-code (RFC 3463 subject and detail), then from the SMTP reply code.
+A few enhanced status codes say it all (RFC 3463 X.2.2 is a full mailbox whatever the words).
+Otherwise the diagnostic's wording decides, checked against phrase classes in a fixed order
+(MTAs agree far more on how they phrase a failure than on which code they attach to it), then
+the SMTP command the reply answered refines it, and the code's subject and detail decide when
+no phrase is known.
 """
 
 from __future__ import annotations
@@ -753,7 +755,7 @@ _COMMAND: Final = re.compile(
 
 
 _SMTP_REPLY: Final = re.compile(r"(?<![\d.])5[0-5]\d(?![\d.])")
-_TIMED_OUT: Final = re.compile(r"timed? ?out", re.IGNORECASE)
+_TIMED_OUT: Final = re.compile(r"timed? ?out")
 
 
 _REJECTED_BECAUSE: Final = re.compile(r"recipient address rejected: ?(?=\S)")
@@ -804,6 +806,7 @@ def classify(
         # was not what it judged
         reason = "filtered"
     if command == "MAIL" and reason in ("undefined", "userunknown", "hostunknown"):
+        # an answer to MAIL FROM is about the sender, whatever address it names
         reason = "rejected"
     if reason == "hostunknown" and status is not None and status.startswith("4"):
         # a name lookup that failed only for now is a network problem, not an unknown host
