@@ -71,6 +71,7 @@ _SPECIALS = set('()<>[]:;@\\,."')
 # A word with the run of blanks before it; blanks at the very end go with the last word. A
 # line may be folded only before a blank, and a continuation line must hold a non-blank.
 _FOLD_UNITS = re.compile(r" *[^ ]+ *$| *[^ ]+| +")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _one_line(value: str) -> str:
@@ -86,7 +87,7 @@ def _needs_encoding(value: str, room: int) -> bool:
     return (
         not value.isascii()
         or "=?" in value
-        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        or _CONTROL.search(value) is not None
         or any(len(unit) > room for unit in _fold_units(value))
     )
 
@@ -163,6 +164,8 @@ def _phrase_units(name: str, first_room: int) -> list[str]:
 
 
 def ascii_domain(domain: str) -> str:
+    if domain.isascii():
+        return domain  # the IDNA codec leaves ASCII labels as they are
     # An unencodable domain is left as given; the relay refuses it if it cannot route it.
     with contextlib.suppress(UnicodeError):
         return domain.encode("idna").decode("ascii")
