@@ -405,3 +405,26 @@ def test_a_report_flattened_to_plain_text_is_still_a_complaint() -> None:
 )
 def test_reasons_read_from_the_wording(diagnostic: str, status: str | None, reason: str) -> None:
     assert classify(diagnostic, status, action="failed") == reason
+
+
+def test_a_report_listing_deliveries_too_is_about_its_failures_only() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.net\r\n"
+        b"To: sender@example.com\r\n"
+        b"Subject: Delivery Status Notification\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nSome deliveries failed.\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.net\r\n\r\n"
+        b"Final-Recipient: rfc822; fine@example.org\r\nAction: delivered\r\nStatus: 2.0.0\r\n\r\n"
+        b"Final-Recipient: rfc822; full@example.org\r\nAction: failed\r\nStatus: 5.2.2\r\n"
+        b"Diagnostic-Code: smtp; 552 5.2.2 Mailbox full\r\n"
+        b"--b--\r\n"
+    )
+    report = parsed_without_fallback(raw)
+    assert report.kind == "bounce"
+    assert report.reporting_mta == "mx.example.net"
+    assert [(i.recipient, i.reason, i.status, i.reply_code) for i in report.recipients] == [
+        ("full@example.org", "mailboxfull", "5.2.2", "552")
+    ]

@@ -107,7 +107,11 @@ def _parse(raw: bytes) -> Report:
         recipients = failed_in_dsn(blocks, text)
         if recipients:
             kind: Kind = "bounce"
-            if all(r.action in DELIVERED_ACTIONS for r in recipients):
+            failed = [r for r in recipients if r.action not in DELIVERED_ACTIONS]
+            if failed:
+                # a report that also lists deliveries is about its failures only
+                recipients = failed
+            else:
                 kind = "delivered"
             return _with_attribution(
                 Report(
