@@ -38,7 +38,7 @@ def parse_complaint(
     for part, ctype in parts:
         if ctype in _REPORT_TYPES:
             return _from_report(_fields(part), msg, original)
-    if _PASTED_REPORT.search(body):
+    if ("eedback-" in body or "EEDBACK-" in body) and _PASTED_REPORT.search(body):
         # ARF fields pasted into a text part by a relay that flattened the report
         return _from_report(_text_fields(body), msg, original)
     if parts[0][1] == "multipart/report" and (
