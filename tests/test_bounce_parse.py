@@ -428,3 +428,13 @@ def test_a_report_listing_deliveries_too_is_about_its_failures_only() -> None:
     assert [(i.recipient, i.reason, i.status, i.reply_code) for i in report.recipients] == [
         ("full@example.org", "mailboxfull", "5.2.2", "552")
     ]
+
+
+def test_a_shop_mail_about_a_failed_payment_is_no_bounce() -> None:
+    raw = (
+        b"From: Example Shop <orders@shop.example.com>\r\n"
+        b"To: buyer@example.org\r\n"
+        b"Subject: Payment failed for order 1234\r\n\r\n"
+        b"Your payment failed. Contact billing@shop.example.com or reply to this message.\r\n"
+    )
+    assert parsed_without_fallback(raw).kind == "not_bounce"

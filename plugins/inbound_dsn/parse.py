@@ -224,4 +224,5 @@ def _looks_like_bounce(msg: email.message.Message, subject: str | None, text: st
     says_failure = _has_codes(text) or _FAILURE_WORDS.search(text) is not None
     if _BOUNCE_FROM.search(sender) or null_sender:
         return says_failure
-    return bool(subject and _BOUNCE_SUBJECT.search(subject) and says_failure)
+    # from anyone else, a failure-sounding subject needs an SMTP reply or status code too
+    return bool(subject and _BOUNCE_SUBJECT.search(subject) and _has_codes(text))
