@@ -99,10 +99,11 @@ def _parse(raw: bytes) -> Report:
         return _with_attribution(ses, headers, msg, subject)
 
     blocks, per_message = dsn_blocks(parts, body)
+    notice = cut_original(body)
     # real notices are short: whatever follows this much is no explanation worth reading
-    text = cut_original(body)[:_NOTICE_LIMIT]
-    if not headers:
-        headers = _headers_in_text(body)
+    text = notice[:_NOTICE_LIMIT]
+    if not headers and len(notice) < len(body):
+        headers = _headers_in_text(body, len(notice))
     if blocks:
         recipients = failed_in_dsn(blocks, text)
         if recipients:
@@ -175,21 +176,13 @@ _HEADER_LINE: Final = re.compile(
 )
 
 
-def _headers_in_text(text: str) -> dict[str, str]:
-    """Headers of a returned message pasted into a plain-text notice (the last of each wins,
-    since the notice's own headers never appear in its body and a quoted original comes last)."""
-    marker = _returned_start(text)
-    if marker < 0:
-        return {}
+def _headers_in_text(body: str, start: int) -> dict[str, str]:
+    """Headers of a returned message pasted into a notice's text from ``start`` on (the first of
+    each, since a pasted original begins with its own header section)."""
     found: dict[str, str] = {}
-    for match in _HEADER_LINE.finditer(text, marker):
+    for match in _HEADER_LINE.finditer(body, start):
         found.setdefault(match.group(1).lower(), match.group(2).strip())
     return found
-
-
-def _returned_start(text: str) -> int:
-    cut = len(cut_original(text))
-    return cut if cut < len(text) else -1
 
 
 _CODES: Final = re.compile(r"(?<![\d.])(?:[245]\.\d{1,3}\.\d{1,3}|[45][0-5]\d)(?![\d.])")

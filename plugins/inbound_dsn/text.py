@@ -96,10 +96,13 @@ def normalise_newlines(raw: bytes) -> bytes:
 def decode_header(value: object) -> str | None:
     if value is None:
         return None
+    raw = str(value)
+    if "=?" not in raw:  # no encoded words: nothing to decode
+        return " ".join(raw.split())
     try:
-        parts = email.header.decode_header(str(value))
+        parts = email.header.decode_header(raw)
     except Exception:  # noqa: BLE001 - malformed encoded words: keep the raw text
-        return " ".join(str(value).split())
+        return " ".join(raw.split())
     chunks = []
     for chunk, charset in parts:
         if isinstance(chunk, bytes):
