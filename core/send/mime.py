@@ -11,8 +11,10 @@ from __future__ import annotations
 import binascii
 import contextlib
 import email.utils
+import functools
 import re
 import secrets
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -202,6 +204,22 @@ def fold_list(name: str, value: str) -> str:
 
 def header_line(name: str, value: str) -> bytes:
     return f"{name}: {value}".encode() + CRLF
+
+
+# The same for every personalization of a send (and often from send to send): encoded once.
+@functools.lru_cache(maxsize=512)
+def _static_header(name: str, value: str) -> bytes:
+    return header_line(name, encode_header_value(name, value))
+
+
+@functools.lru_cache(maxsize=2)
+def _date_line(second: int) -> bytes:
+    return header_line("Date", email.utils.formatdate(second, usegmt=True))
+
+
+@functools.lru_cache(maxsize=128)
+def _address_header(name: str, address: Address) -> bytes:
+    return header_line(name, address_list(name, [address]))
 
 
 def _parameter(name: str, value: str) -> list[str]:
@@ -402,7 +420,7 @@ def compile_message(
     date: str | None = None,
 ) -> MessageTemplate:
     """The template of every copy sent for ``personalization``."""
-    date = date or email.utils.formatdate(localtime=False, usegmt=True)
+    date_line = header_line("Date", date) if date else _date_line(int(time.time()))
     id_domain = ascii_domain(id_domain)
 
     def per_recipient_headers(recipient: Recipient) -> bytes:
@@ -416,22 +434,18 @@ def compile_message(
         return b"".join(lines)
 
     head = [
-        header_line("Date", date),
-        header_line("From", address_list("From", [submission.sender])),
+        date_line,
+        _address_header("From", submission.sender),
         header_line("To", address_list("To", personalization.to)),
     ]
     if personalization.cc:
         head.append(header_line("Cc", address_list("Cc", personalization.cc)))
     if submission.reply_to:
-        head.append(header_line("Reply-To", address_list("Reply-To", [submission.reply_to])))
+        head.append(_address_header("Reply-To", submission.reply_to))
     if subject.is_static:
-        head.append(
-            header_line(
-                "Subject", encode_header_value("Subject", subject.stamp(Recipient(0, "", "")))
-            )
-        )
+        head.append(_static_header("Subject", subject.stamp(Recipient(0, "", ""))))
     for name, value in {**submission.headers, **personalization.headers}.items():
-        head.append(header_line(name, encode_header_value(name, value)))
+        head.append(_static_header(name, value))
     head.append(header_line("MIME-Version", "1.0"))
 
     inline = [a for a in submission.attachments if a.disposition == "inline"]
