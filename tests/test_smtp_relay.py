@@ -128,12 +128,15 @@ class CountingSMTP(SMTP):
 
 @asynccontextmanager
 async def smarthost(
-    host: Smarthost | None = None, **smtp: Any
+    host: Smarthost | None = None, *, auth: bool = False, **smtp: Any
 ) -> AsyncIterator[tuple[Smarthost, int]]:
-    """Serve ``host`` on a free loopback port; ``smtp`` goes to aiosmtpd's ``SMTP``."""
+    """Serve ``host`` on a free loopback port; ``smtp`` goes to aiosmtpd's ``SMTP``.
+
+    ``auth``: every session must log in, checked against ``USER`` and ``PASSWORD``.
+    """
     host = host or Smarthost()
-    if "authenticator" in smtp:
-        smtp["authenticator"] = host.authenticate
+    if auth:
+        smtp.update(authenticator=host.authenticate, auth_required=True)
     server = await asyncio.get_running_loop().create_server(
         lambda: CountingSMTP(host, **smtp), host=HOST, port=0
     )
@@ -332,8 +335,7 @@ async def test_auth_with_username_and_password(certificates, mechanism):
     async with smarthost(
         tls_context=certificates.server_context,
         require_starttls=True,
-        authenticator=True,
-        auth_required=True,
+        auth=True,
         auth_exclude_mechanism=[other],
     ) as (host, port):
         results = await deliver(
@@ -356,8 +358,7 @@ async def test_refused_credentials_fail_every_message_without_retrying(certifica
     async with smarthost(
         tls_context=certificates.server_context,
         require_starttls=True,
-        authenticator=True,
-        auth_required=True,
+        auth=True,
     ) as (host, port):
         results = await deliver(
             relay(
@@ -508,8 +509,7 @@ async def test_a_send_reaches_the_relay_as_each_recipients_mime_from_its_verp_se
     async with smarthost(
         tls_context=certificates.server_context,
         require_starttls=True,
-        authenticator=True,
-        auth_required=True,
+        auth=True,
     ) as (host, port):
         harness = harness_for(
             tmp_path,
