@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import html
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -26,6 +20,7 @@ from core.pipeline import Document, Recipient
 from core.storage import EventRecord
 from core.testing import Harness, base_document
 from core.tokens import TokenCodec
+from tests.serving import ScaisendServer, free_port
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "html"
 CORPUS_FILES = sorted(CORPUS.rglob("*.html"))
@@ -293,45 +288,18 @@ def test_arbitrary_html_never_raises_and_only_hrefs_change(harness, tokens, sour
 # --- through real HTTP: tampering and open redirects -------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("click-server")
-    port = _free_port()
+    port = free_port()
     document = base_document(tmp / "data")
     document["server"]["http"] = {"host": "127.0.0.1", "port": port}
     config = tmp / "scaisend.yaml"
     config.write_text(yaml.safe_dump(document))
-    env = {**os.environ, "SCAISEND_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    env.pop("TRACKING_BASE_URL", None)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "scaisend"), "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            assert process.poll() is None, "server exited"
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
     key = document["server"]["signing_keys"][0]
     codec = TokenCodec([SigningKey(key["id"], key["secret"].encode())])
-    try:
-        yield base, codec, tmp / "data"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    with ScaisendServer("--config", str(config), port=port) as running:
+        yield running.base, codec, tmp / "data"
 
 
 def test_a_bound_link_redirects_through_real_http(server):

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from core.config import SECRETS_FILE, ConfigError, generated_secrets
 from core.runtime import load
 from core.settings import SettingsLayers
 from core.testing import plugin_manager, random_secret
+from tests.serving import free_port, scaisend_executable, serve_environment
 
 SPEC_DEFAULTS = {
     "open_tracking_enabled": True,
@@ -278,25 +275,11 @@ def test_api_key_prints_the_key_again(tmp_path, monkeypatch, secrets_env):
     assert "unknown tenant 'nobody'" in unknown.output
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _scaisend() -> str:
-    found = shutil.which("scaisend", path=str(Path(sys.executable).parent))
-    assert found, "the scaisend console script is not installed"
-    return found
-
-
 def test_serve_without_a_file_warns_and_prints_the_generated_key(tmp_path):
-    env = {**os.environ, "SCAISEND_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    env.pop("SCAISEND_CONFIG", None)
     server = subprocess.Popen(
-        [_scaisend(), "serve", "--port", str(_free_port())],
+        [scaisend_executable(), "serve", "--port", str(free_port())],
         cwd=tmp_path,
-        env=env,
+        env=serve_environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

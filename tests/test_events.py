@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import peewee as pw
@@ -35,8 +28,8 @@ from core.tokens import TokenCodec
 from sinks.database import DatabaseSink
 from tests.conftest import postgres_url
 from tests.postgres import fresh_database
+from tests.serving import ScaisendServer, wait_for
 
-T = TypeVar("T")
 DEADLINE_SECONDS = 60.0
 
 
@@ -47,17 +40,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         with fresh_database(postgres_url()) as url:
             yield url
-
-
-def wait_for(condition: Callable[[], T], what: str) -> T:
-    """Poll ``condition`` until it returns something truthy; fail after the deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def close(db: pw.Database) -> None:
@@ -87,55 +69,6 @@ def jsonl_events(path: Path) -> list[dict]:
 # A real server, killed without warning ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _scaisend() -> str:
-    found = shutil.which("scaisend", path=str(Path(sys.executable).parent))
-    assert found, "the scaisend console script is not installed"
-    return found
-
-
-class Server:
-    """``scaisend serve`` in a subprocess."""
-
-    def __init__(self, config: Path, cwd: Path) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SCAISEND_DISABLE_PLUGIN_AUTOLOAD": "1"}
-        env.pop("TRACKING_BASE_URL", None)
-        self.process = subprocess.Popen(
-            [_scaisend(), "serve", "--config", str(config), "--port", str(self.port)],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._healthy, "the server to answer /health")
-
-    def _healthy(self) -> bool:
-        assert self.process.poll() is None, "the server exited"
-        try:
-            return httpx.get(f"{self.base}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 def test_answered_opens_survive_sigkill(tmp_path, database_url):
     document = base_document(tmp_path / "data", {"acme": {}})
     document["server"]["database_url"] = database_url
@@ -145,25 +78,23 @@ def test_answered_opens_survive_sigkill(tmp_path, database_url):
     tokens = TokenCodec([SigningKey(key["id"], key["secret"].encode())])
     count = 60
     message_ids = [f"msg-{n:03d}" for n in range(count)]
+    serve = ("--config", str(config))
 
-    server = Server(config, tmp_path)
-    try:
+    with ScaisendServer(*serve, cwd=tmp_path, ready_timeout=DEADLINE_SECONDS) as server:
         with httpx.Client(base_url=server.base) as client:
             for message_id in message_ids:
                 response = client.get(f"/t/o/{tokens.issue('acme', message_id, 0)}.gif")
                 assert response.status_code == 200
         server.kill()  # right after the last answer: no shutdown, no flush
-    finally:
-        server.stop()
     assert server.process.returncode == -signal.SIGKILL
 
-    restarted = Server(config, tmp_path)
-    try:
+    with ScaisendServer(*serve, cwd=tmp_path, ready_timeout=DEADLINE_SECONDS):
         opens = wait_for(
             lambda: (
                 (found := stored_events(database_url, "open")) and len(found) >= count and found
             ),
             f"{count} opens in the database",
+            DEADLINE_SECONDS,
         )
         jsonl = tmp_path / "data" / "events.jsonl"
         lines = wait_for(
@@ -173,9 +104,8 @@ def test_answered_opens_survive_sigkill(tmp_path, database_url):
                 and found
             ),
             f"{count} opens in {jsonl.name}",
+            DEADLINE_SECONDS,
         )
-    finally:
-        restarted.stop()
     assert sorted(event.message_id for event in opens) == message_ids  # exactly once each
     assert {event.tenant for event in opens} == {"acme"}
     # At least once: a line may repeat after the kill, always with the event's own id.
@@ -276,12 +206,16 @@ async def test_failing_and_stuck_sinks_hold_back_neither_responses_nor_other_sin
         wait_for(
             lambda: {e["message_id"] for e in jsonl_events(jsonl)} == set(message_ids),
             "the jsonl sink to take every event",
+            DEADLINE_SECONDS,
         )
         stored = wait_for(
             lambda: (rows := list(EventRecord.select())) and len(rows) == len(message_ids) and rows,
             "the database sink to take every event",
+            DEADLINE_SECONDS,
         )
-        wait_for(lambda: plugin.flaky.attempts >= 2, "the failing sink to be retried")
+        wait_for(
+            lambda: plugin.flaky.attempts >= 2, "the failing sink to be retried", DEADLINE_SECONDS
+        )
         assert plugin.flaky.stored == []
         assert (
             runtime.bus.status()["flaky"]["error"]
@@ -289,7 +223,11 @@ async def test_failing_and_stuck_sinks_hold_back_neither_responses_nor_other_sin
         )
 
         plugin.flaky.broken.clear()  # the endpoint comes back: the backlog drains
-        wait_for(lambda: len(plugin.flaky.ids()) >= len(message_ids), "the flaky sink's backlog")
+        wait_for(
+            lambda: len(plugin.flaky.ids()) >= len(message_ids),
+            "the flaky sink's backlog",
+            DEADLINE_SECONDS,
+        )
         assert plugin.stuck.stored == []
         plugin.stuck.gate.set()
         assert runtime.bus.flush(DEADLINE_SECONDS)

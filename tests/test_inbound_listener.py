@@ -6,14 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import email
 import ipaddress
-import os
-import signal
 import smtplib
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +30,7 @@ from core.inbound import InboundMessage
 from core.plugins import SINK_PLUGINS, TRANSPORT_PLUGINS
 from core.runtime import Runtime
 from core.testing import Harness, base_document
+from tests.serving import ScaisendServer, free_port, wait_for
 
 BOUNCES = "bounces.example.test"
 FEEDBACK = "fbl.example.test"
@@ -464,52 +459,30 @@ def test_smtp_limits_are_validated(tmp_path):
     } <= paths
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_scaisend_serve_runs_the_listener_on_the_configured_address(tmp_path):
-    smtp_port = _free_port()
+    smtp_port = free_port()
+    http_port = free_port()
     document = base_document(tmp_path / "data")
-    document["server"]["http"] = {"host": "127.0.0.1", "port": _free_port()}
+    document["server"]["http"] = {"host": "127.0.0.1", "port": http_port}
     document["server"]["smtp"] = {"host": "127.0.0.1", "port": smtp_port}
     config = tmp_path / "scaisend.yaml"
     config.write_text(yaml.safe_dump(document))
-    env = {**os.environ, "SCAISEND_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "scaisend"), "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
 
-    def answers() -> bool:
-        assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
-        try:
-            with _client(smtp_port) as client:
-                return client.noop()[0] == 250
-        except OSError:
-            return False
+    with ScaisendServer("--config", str(config), port=http_port) as server:
 
-    try:
-        _wait_for(answers, "the SMTP listener")
+        def answers() -> bool:
+            server.assert_running()
+            try:
+                with _client(smtp_port) as client:
+                    return client.noop()[0] == 250
+            except OSError:
+                return False
+
+        wait_for(answers, "the SMTP listener")
         with _client(smtp_port) as client:
             client.ehlo()
             client.mail("")
             assert client.rcpt("someone@example.com")[0] == 550
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-    assert server.returncode == 0
+    assert server.process.returncode == 0
     with pytest.raises(ConnectionRefusedError):
         _client(smtp_port)

@@ -5,13 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +18,7 @@ from core.storage import EventRecord, connect_database
 from core.testing import Harness
 from plugins.open_tracking import pixel_tag
 from plugins.open_tracking.routes import PIXEL
+from tests.serving import ScaisendServer, scaisend_executable, serve_environment, wait_for
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "html"
 CORPUS_FILES = sorted(CORPUS.rglob("*.html"))
@@ -178,53 +174,13 @@ async def test_x_forwarded_for_is_believed_only_from_trusted_proxies(
 # --- end to end, from the README's server command ----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _scaisend() -> str:
-    return str(Path(sys.executable).parent / "scaisend")
-
-
-def _wait_for(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_readme_server_sends_and_records_an_open(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "SCAISEND_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    env.pop("TRACKING_BASE_URL", None)
-    env.pop("SCAISEND_CONFIG", None)
-    server = subprocess.Popen(
-        [_scaisend(), "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read().decode()
-                return False
-
-        _wait_for(healthy, "the server to answer /health")
+    with ScaisendServer(cwd=tmp_path) as server:
+        base = server.base
         key = subprocess.run(
-            [_scaisend(), "api-key"],
+            [scaisend_executable(), "api-key"],
             cwd=tmp_path,
-            env=env,
+            env=serve_environment(),
             check=True,
             capture_output=True,
             text=True,
@@ -243,7 +199,7 @@ def test_readme_server_sends_and_records_an_open(tmp_path):
         assert response.status_code == 202, response.text
         message_id = response.json()["message_id"]
         outbox = tmp_path / "scaisend-data" / "outbox"
-        files = _wait_for(
+        files = wait_for(
             lambda: (
                 sorted(outbox.glob(f"{message_id}-*.eml"))
                 if len(list(outbox.glob(f"{message_id}-*.eml"))) == 2
@@ -261,9 +217,6 @@ def test_readme_server_sends_and_records_an_open(tmp_path):
         assert urls[0] != urls[1]
         pixel = httpx.get(urls[0], headers={"User-Agent": "Thunderbird"})
         assert (pixel.status_code, pixel.content) == (200, PIXEL)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
     data_dir = tmp_path / "scaisend-data"
     connect_database(f"sqlite:///{data_dir / 'scaisend.db'}")
     opens = list(EventRecord.select().where(EventRecord.type == "open"))

@@ -7,12 +7,7 @@ import email.policy
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +17,7 @@ import pytest
 import yaml
 
 from core.testing import base_document, random_secret
+from tests.serving import ScaisendServer, free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -80,16 +76,6 @@ class Server:
         return self.data_dir / "outbox" / f"{message_id}-000000.eml"
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def event_of(server: Server, kind: str, message_id: str) -> dict[str, Any]:
     return wait_for(
         lambda: next(
@@ -106,16 +92,10 @@ def delivered_copy(server: Server, message_id: str) -> email.message.EmailMessag
     return email.message_from_bytes(raw, policy=email.policy.default)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("subscription-server")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     api_key = "acme-" + random_secret()
     document = base_document(
@@ -135,28 +115,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     document["server"]["tracking_base_url"] = base  # links in the mail reach this server
     config = tmp / "scaisend.yaml"
     config.write_text(yaml.safe_dump(document))
-    env = {**os.environ, "SCAISEND_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    env.pop("TRACKING_BASE_URL", None)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "scaisend"), "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            assert process.poll() is None, "server exited"
-            return False
-
-    try:
-        wait_for(healthy, "the server to answer /health")
+    with ScaisendServer("--config", str(config), port=port):
         yield Server(base, tmp / "data", api_key)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def landing_url(message: email.message.EmailMessage, base: str) -> str:
