@@ -12,12 +12,13 @@ tracking binds the destination to the message).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.markup import Attribute, Tag, scan_tags
+from core.markup import Attribute, Tag, scan_link_tags
 
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\*\|.*?\|\*|<%.*?%>|%[A-Za-z0-9_.-]+%", re.DOTALL)
 _HTTP = re.compile(r"^https?://[^\s/?#]", re.IGNORECASE)
@@ -50,14 +51,20 @@ def has_placeholder(text: str) -> bool:
     return bool(_PLACEHOLDER.search(text))
 
 
-def links(source: str) -> Iterator[Link]:
-    """Every href of a link-bearing tag, in document order."""
-    for tag in scan_tags(source):
-        if tag.name in ("a", "area") or tag.name.startswith("v:"):
-            href = tag.get("href")
-            if href is not None and href.value is not None:
-                # As browsers do (URL standard): tabs and newlines inside a URL are dropped.
-                yield Link(tag, href, _TAB_OR_NEWLINE.sub("", href.value.strip()))
+@functools.lru_cache(maxsize=8)
+def links(source: str) -> tuple[Link, ...]:
+    """Every href of a link-bearing tag, in document order.
+
+    Remembered for the last few sources, so the features of one message (and the sends of one
+    newsletter) share a single scan; links are immutable, so sharing them is safe.
+    """
+    found: list[Link] = []
+    for tag in scan_link_tags(source):
+        href = tag.get("href")
+        if href is not None and href.value is not None:
+            # As browsers do (URL standard): tabs and newlines inside a URL are dropped.
+            found.append(Link(tag, href, _TAB_OR_NEWLINE.sub("", href.value.strip())))
+    return tuple(found)
 
 
 def is_own(url: str, tracking_base_url: str) -> bool:

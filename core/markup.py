@@ -112,6 +112,62 @@ def _parse_attributes(source: str, pos: int) -> tuple[list[Attribute], int]:
     return attributes, length
 
 
+def _anycase(word: str) -> str:
+    """``word`` matched in either ASCII case; ``re.IGNORECASE`` would also let some non-ASCII
+    letters match (the long s, U+017F, for ``s``), which a tag name never contains."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_NAME_CHAR = "A-Za-z0-9:_.-"
+_S = r"[ \t\n\r\f]"
+_NOT_S = r" \t\n\r\f"
+# The extent of a start tag's attributes up to its ">", exactly as ``_parse_attributes`` reads
+# them (a quoted value may hold ">"; an unclosed quote or tag runs to the end of the source).
+_ATTRIBUTES = (
+    rf"(?:[{_NOT_S}/]*+[^{_NOT_S}/>][^{_NOT_S}/>=]*+"
+    rf"(?:{_S}*+={_S}*+(?:\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z)|[^{_NOT_S}>]*+))?)*+"
+    rf"[{_NOT_S}/]*+(?:>|\Z)"
+)
+_LINK_NAME = rf"(?:{_anycase('area')}|{_anycase('a')}|{_anycase('v:')}[{_NAME_CHAR}]*+)"
+_RAW_TEXT_NAME = "|".join(_anycase(name) for name in sorted(_RAW_TEXT))
+_RAW_TEXT_ELEMENT = "|".join(
+    # The closing search is case-insensitive as in ``scan_tags``.
+    rf"<{_anycase(name)}(?![{_NAME_CHAR}]){_ATTRIBUTES}[^<]*+(?:<(?!(?i:/{name})[\s/>])[^<]*+)*+"
+    for name in sorted(_RAW_TEXT)
+)
+# Everything ``scan_tags`` steps over or yields that is not a link-bearing start tag. The
+# commonest shapes come first; the "<!" forms keep the order ``scan_tags`` tries them in.
+# Possessive, so the C matcher never backtracks into what it has stepped over.
+_NOT_LINK = (
+    "(?:[^<]++"
+    r"|<[/?][^>]*+(?:>|\Z)"
+    rf"|<(?!(?:{_LINK_NAME}|{_RAW_TEXT_NAME})(?![{_NAME_CHAR}]))[A-Za-z][{_NAME_CHAR}]*+{_ATTRIBUTES}"
+    rf"|{_RAW_TEXT_ELEMENT}"
+    rf"|{_CONDITIONAL_OPEN.pattern.replace('<!--', '(?i:<!--', 1)})"
+    rf"|(?i:{_CONDITIONAL_MARKERS.pattern})"
+    r"|<!--[^-]*+(?:-(?!->)[^-]*+)*+(?:-->|\Z)"
+    r"|<!\[endif\][^>]*+(?:>|\Z)"
+    r"|<!\[CDATA\[[^\]]*+(?:\](?!\]>)[^\]]*+)*+(?:\]\]>|\Z)"
+    r"|<![^>]*+(?:>|\Z)"
+    r"|<(?![A-Za-z])"
+    ")*+"
+)
+_NEXT_LINK_TAG = re.compile(rf"{_NOT_LINK}(?P<tag><(?P<name>{_LINK_NAME})(?![{_NAME_CHAR}]))")
+
+
+def scan_link_tags(source: str) -> Iterator[Tag]:
+    """The ``<a>``, ``<area>`` and VML (``<v:...>``) tags of :func:`scan_tags`, found without
+    parsing the attributes of any other tag: the same tags, offsets and attributes."""
+    pos = 0
+    while True:
+        match = _NEXT_LINK_TAG.match(source, pos)
+        if match is None:
+            return
+        attributes, end = _parse_attributes(source, match.end())
+        yield Tag(match.group("name").lower(), match.start("tag"), end, tuple(attributes))
+        pos = end
+
+
 def scan_tags(source: str) -> Iterator[Tag]:
     """Every start tag that a mail client (Outlook included) would read, in order."""
     pos = 0
