@@ -8,8 +8,10 @@ order, and the result validated against the features' schemas.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -28,6 +30,15 @@ class SettingsError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+_KNOWN_LIMIT = 256
+
+
+def _copy(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy the caller may change without changing the remembered one."""
+    copied: dict[str, Any] = thaw(settings)
+    return copied
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: ``override`` over ``base``; nested mappings merge, anything else replaces."""
     merged: dict[str, Any] = thaw(base)
@@ -44,10 +55,19 @@ class SettingsLayers:
     """Knows every feature's schema and defaults; merges and checks settings layers."""
 
     features: OrderedFeatures
+    # Effective settings already worked out and checked, by their layers as JSON text: the
+    # sends of one tenant mostly repeat the same few combinations.
+    _known: dict[str, dict[str, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def schema(self) -> dict[str, Any]:
         return tracking_schema(self.features)
+
+    @functools.cached_property
+    def _validator(self) -> jsonschema.protocols.Validator:
+        return jsonschema.Draft202012Validator(self.schema)
 
     def builtin(self) -> dict[str, Any]:
         return {feature.name: feature_defaults(feature) for feature in self.features}
@@ -59,16 +79,32 @@ class SettingsLayers:
         request: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The settings one send runs with. Raises :class:`SettingsError`."""
+        try:
+            key = json.dumps(
+                [tenant.id, thaw(tenant.tracking), stored or {}, request or {}],
+                sort_keys=True,
+                separators=(",", ":"),
+            )
+        except (TypeError, ValueError):
+            key = None  # not JSON data (no request body holds such values): work it out
+        if key is not None and (known := self._known.get(key)) is not None:
+            return _copy(known)
         merged = deep_merge(self.builtin(), tenant.tracking)
         if stored:
             merged = deep_merge(merged, stored)
         if request:
             merged = deep_merge(merged, request)
         self.check(merged)
+        if key is not None:
+            if len(self._known) >= _KNOWN_LIMIT:
+                self._known.clear()
+            self._known[key] = _copy(merged)
         return merged
 
     def check(self, settings: Mapping[str, Any], prefix: str = "") -> None:
-        validator = jsonschema.Draft202012Validator(self.schema)
+        validator = self._validator
+        if validator.is_valid(settings):
+            return
         error = jsonschema.exceptions.best_match(validator.iter_errors(settings))
         if error is not None:
             path = ".".join(str(part) for part in error.absolute_path)
