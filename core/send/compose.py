@@ -8,11 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import fastjsonschema
 import jsonschema
 
 from core.send.schema import MAX_RECIPIENTS, RESERVED_HEADERS, SEND_SCHEMA
 
 _VALIDATOR = jsonschema.Draft202012Validator(SEND_SCHEMA)
+# The same schema compiled to Python code: tens of times faster on a body of 1,000
+# personalizations, but it stops at the first problem. It only answers "valid"; when it objects,
+# the reference validator above decides and lists every problem.
+_QUICK_CHECK = fastjsonschema.compile(SEND_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,7 @@ def _reserved(headers: Mapping[str, str], where: str) -> list[FieldError]:
     ]
 
 
-def parse_submission(body: Any) -> Submission:
-    """Validate a send body; :class:`SendError` lists every problem if it is not acceptable."""
+def _schema_errors(body: Any) -> list[FieldError]:
     errors: list[FieldError] = []
     for error in sorted(_VALIDATOR.iter_errors(body), key=lambda e: [str(p) for p in e.path]):
         if error.validator == "required" and isinstance(error.instance, dict):
@@ -144,10 +148,19 @@ def parse_submission(body: Any) -> Submission:
         else:
             errors.append(FieldError(_path(error), _message(error)))
     # jsonschema reports a missing property once per missing name, each listing all of them.
-    errors = list(dict.fromkeys(errors))
-    if errors:
-        raise SendError(errors)
+    return list(dict.fromkeys(errors))
+
+
+def parse_submission(body: Any) -> Submission:
+    """Validate a send body; :class:`SendError` lists every problem if it is not acceptable."""
+    try:
+        _QUICK_CHECK(body)
+    except fastjsonschema.JsonSchemaException:
+        schema_errors = _schema_errors(body)
+        if schema_errors:
+            raise SendError(schema_errors) from None
     assert isinstance(body, dict)
+    errors: list[FieldError] = []
 
     contents = {item["type"]: item["value"] for item in body["content"]}
     if len(contents) != len(body["content"]):

@@ -11,6 +11,8 @@ from typing import Any
 EMAIL_PATTERN = r"^[^@\s<>()\[\],;:\"\\]{1,64}@[^@\s<>()\[\],;:\"\\]+\.[^@\s<>()\[\],;:\"\\.]+\Z"
 NO_LINE_BREAKS = r"^[^\r\n]*\Z"
 HEADER_NAME = r"^[!-9;-~]{1,76}\Z"
+# "$" written as \x24: the same character to Python, never read as an end-of-input anchor.
+MEDIA_TYPE = r"^[A-Za-z0-9!#\x24&^_.+-]+/[A-Za-z0-9!#\x24&^_.+-]+\Z"
 
 # Headers ScaiSend writes itself; a send may not set them.
 RESERVED_HEADERS = frozenset(
@@ -130,7 +132,7 @@ SEND_SCHEMA: dict[str, Any] = {
                     "content": {"type": "string", "minLength": 1},
                     "type": {
                         "type": "string",
-                        "pattern": r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+\Z",
+                        "pattern": MEDIA_TYPE,
                     },
                     "filename": {
                         "type": "string",
