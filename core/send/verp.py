@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import struct
 import uuid
@@ -21,6 +22,17 @@ _MAC_BYTES = 10
 PREFIX = "b"
 
 
+# The code is 30 bytes (id, number, MAC): base32 of its first 15 bytes, whole 5-byte groups of
+# the message id, is the same for every copy of a message and worked out once per message.
+_HEAD_BYTES = 15
+
+
+@functools.lru_cache(maxsize=64)
+def _message_part(message_id: str) -> tuple[bytes, str]:
+    raw_id = uuid.UUID(hex=message_id).bytes
+    return raw_id, base64.b32encode(raw_id[:_HEAD_BYTES]).decode("ascii").lower()
+
+
 class VerpCodec:
     def __init__(self, keys: Sequence[SigningKey]) -> None:
         self._keys = [hmac.digest(key.secret, _CONTEXT, "sha256") for key in keys]
@@ -29,9 +41,10 @@ class VerpCodec:
         return hmac.digest(key, body, "sha256")[:_MAC_BYTES]
 
     def local_part(self, message_id: str, recipient: int) -> str:
-        body = uuid.UUID(hex=message_id).bytes + struct.pack(">I", recipient)
-        code = base64.b32encode(body + self._mac(self._keys[0], body)).decode("ascii")
-        return PREFIX + code.rstrip("=").lower()
+        raw_id, head = _message_part(message_id)
+        body = raw_id + struct.pack(">I", recipient)
+        tail = body[_HEAD_BYTES:] + self._mac(self._keys[0], body)
+        return PREFIX + head + base64.b32encode(tail).decode("ascii").lower()
 
     def address(self, message_id: str, recipient: int, domain: str) -> str:
         return f"{self.local_part(message_id, recipient)}@{domain}"
