@@ -20,14 +20,14 @@ import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
 import peewee as pw
 
 from core.events import Event
 from core.storage import FirstInteraction, MessageRecipient
-from core.storage.bulk import insert_ignoring_conflicts, set_where_null
+from core.storage.bulk import insert_ignoring_conflicts, select_matching, set_where_null
 
 DEDUPE_KEY = "dedupe_key"
 
@@ -68,26 +68,28 @@ class EventEnricher:
         relevant = [e for e in events if e.message_id is not None and "recipient_number" in e.data]
         if not relevant:
             return events
+        # Each event's interaction key is worked out once: hashing it is the per-event cost.
+        interactions = {e.id: self._interaction(e) for e in relevant if DEDUPE_KEY in e.data}
         self.db.connect(reuse_if_open=True)
         # Every statement below runs on self.db, inside this one transaction, whichever
         # database the models' proxy was last pointed at.
         with self.db.atomic():
             emails = self._emails(relevant)
-            firsts = self._first_interactions(relevant)
-            self._record_first_opens(relevant, firsts)
-        relevant_ids = {event.id for event in relevant}
+            firsts = self._first_interactions(relevant, interactions)
+            self._record_first_opens(relevant, interactions, firsts)
         result = []
         for event in events:
-            if event.id not in relevant_ids:
+            if event.message_id is None or "recipient_number" not in event.data:
                 result.append(event)
                 continue
-            key = (event.message_id, event.data["recipient_number"])
             changes: dict[str, Any] = {}
-            if event.recipient is None and key in emails:
-                changes["recipient"] = emails[key]
-            if DEDUPE_KEY in event.data:
-                first = firsts.get(self._interaction(event))
-                changes["data"] = {**event.data, "unique": first == event.id}
+            if event.recipient is None:
+                email = emails.get((event.message_id, int(event.data["recipient_number"])))
+                if email is not None:
+                    changes["recipient"] = email
+            interaction = interactions.get(event.id)
+            if interaction is not None:
+                changes["data"] = {**event.data, "unique": firsts.get(interaction) == event.id}
             result.append(dataclasses.replace(event, **changes) if changes else event)
         return result
 
@@ -101,64 +103,62 @@ class EventEnricher:
             _key_hash(str(event.data[DEDUPE_KEY])),
         )
 
-    def _emails(self, events: list[Event]) -> dict[tuple[str | None, Any], str]:
-        wanted = {e.message_id for e in events if e.recipient is None}
-        if not wanted:
-            return {}
-        rows = cast(
-            Iterable[tuple[str, int, str]],
-            MessageRecipient.select(
-                MessageRecipient.message, MessageRecipient.number, MessageRecipient.email
-            )
-            .where(MessageRecipient.message.in_(sorted(wanted)))
-            .tuples()
-            .execute(self.db),
+    def _emails(self, events: list[Event]) -> dict[tuple[str, int], str]:
+        # Only the batch's recipients are read: a message may have a million.
+        wanted = sorted(
+            {
+                (e.message_id, int(e.data["recipient_number"]))
+                for e in events
+                if e.recipient is None and e.message_id is not None
+            }
+        )
+        rows = select_matching(
+            self.db,
+            (MessageRecipient.message, MessageRecipient.number, MessageRecipient.email),
+            (MessageRecipient.message, MessageRecipient.number),
+            wanted,
         )
         return {(message, number): email for message, number, email in rows}
 
-    def _first_interactions(self, events: list[Event]) -> dict[tuple[str, int, str, str], str]:
-        candidates = [e for e in events if DEDUPE_KEY in e.data]
-        if not candidates:
+    def _first_interactions(
+        self, events: list[Event], interactions: dict[str, tuple[str, int, str, str]]
+    ) -> dict[tuple[str, int, str, str], str]:
+        if not interactions:
             return {}
         rows: dict[tuple[str, int, str, str], Event] = {}
-        for event in sorted(candidates, key=lambda e: e.timestamp):
-            rows.setdefault(self._interaction(event), event)
+        for event in sorted(events, key=lambda e: e.timestamp):
+            interaction = interactions.get(event.id)
+            if interaction is not None:
+                rows.setdefault(interaction, event)
         insert_ignoring_conflicts(
             self.db,
             _INTERACTION_FIELDS,
             [(*key, event.id, event.timestamp.replace(tzinfo=None)) for key, event in rows.items()],
         )
-        stored = cast(
-            Iterable[tuple[str, int, str, str, str]],
-            FirstInteraction.select(
-                FirstInteraction.message_id,
-                FirstInteraction.recipient_number,
-                FirstInteraction.kind,
-                FirstInteraction.key_hash,
-                FirstInteraction.event_id,
-            )
-            .where(
-                FirstInteraction.message_id.in_(sorted({key[0] for key in rows}))
-                & FirstInteraction.kind.in_(sorted({key[2] for key in rows}))
-            )
-            .tuples()
-            .execute(self.db),
+        # Read back only the batch's keys: whichever event owns each, this one or an earlier.
+        stored = select_matching(
+            self.db,
+            _INTERACTION_FIELDS[:5],
+            _INTERACTION_FIELDS[:4],
+            sorted(rows),
         )
         return {
             (message, number, kind, key_hash): event_id
             for message, number, kind, key_hash, event_id in stored
-            if (message, number, kind, key_hash) in rows
         }
 
     def _record_first_opens(
-        self, events: list[Event], firsts: dict[tuple[str, int, str, str], str]
+        self,
+        events: list[Event],
+        interactions: dict[str, tuple[str, int, str, str]],
+        firsts: dict[tuple[str, int, str, str], str],
     ) -> None:
         first_opens = {
             (event.message_id, event.data["recipient_number"]): event.timestamp.replace(tzinfo=None)
             for event in events
             if event.type == "open"
-            and DEDUPE_KEY in event.data
-            and firsts.get(self._interaction(event)) == event.id
+            and event.id in interactions
+            and firsts.get(interactions[event.id]) == event.id
         }
         set_where_null(
             self.db,

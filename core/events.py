@@ -236,12 +236,18 @@ class EventBus:
         *,
         batch_bytes: int = 1 << 20,
         sync_interval: float = 0.02,
+        linger: float = 0.05,
         max_backoff: float = 30.0,
         compact_bytes: int = 64 << 20,
         enrich: Callable[[Sequence[Event]], Sequence[Event]] | None = None,
     ) -> None:
         """``enrich`` turns each batch read from the journal into what sinks receive; it is
-        called from every sink's thread and must be idempotent (see core.enrichment)."""
+        called from every sink's thread and must be idempotent (see core.enrichment).
+
+        A sink that finds less than ``batch_bytes`` waiting lets events gather for ``linger``
+        seconds first: under load, one transaction then carries the many events that arrived
+        meanwhile instead of one each, which costs the event loop far less interpreter time.
+        """
         names = [sink.name for sink in sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
@@ -253,6 +259,7 @@ class EventBus:
                 del self.cursors.offsets[name]  # a sink that was removed from the config
         self._batch_bytes = batch_bytes
         self._sync_interval = sync_interval
+        self._linger = linger
         self._max_backoff = max_backoff
         self._compact_bytes = compact_bytes
         self._enrich = enrich
@@ -334,6 +341,8 @@ class EventBus:
                 with self._changed:
                     if offset >= self.journal.end and not self._stopping.is_set():
                         self._changed.wait(0.5)
+                continue
+            if self.journal.end - offset < self._batch_bytes and self._stopping.wait(self._linger):
                 continue
             events, new_offset = self.journal.read(offset, self._batch_bytes)
             if events:

@@ -1,27 +1,53 @@
-"""Batched writes handed to the database driver as plain tuples.
+"""Batched reads and writes handed to the database driver as plain tuples.
 
 For thousands of rows, building a peewee query (one SQL node per value) costs more than the
 database's own work on them. These helpers write the statement once and let the driver run it
-over every row: ``executemany`` on SQLite; on PostgreSQL ``COPY`` for inserts and
-``execute_values`` (one multi-row statement per page) for updates, so a batch costs a few
-round trips. The caller holds the
+over every row. On SQLite (in process, no round trips) that is ``executemany``, or a statement
+per page of rows. On PostgreSQL each column travels as one array parameter, turned back into
+rows by ``unnest``: one statement and one round trip per batch, however many rows, and the
+driver adapts the arrays in C instead of formatting each row in Python. The caller holds the
 connection and the transaction.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import io
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import peewee as pw
-from psycopg2.extras import execute_values  # type: ignore[import-untyped]
 
 
 def _is_postgres(db: pw.Database) -> bool:
     return isinstance(db, pw.PostgresqlDatabase)
+
+
+def _unnest(db: pw.Database, fields: Sequence[pw.Field], names: str) -> str:
+    """``unnest(%s::type[], ...) AS v(names)``: one typed array parameter per field."""
+    types = db.field_types
+    arrays = ", ".join(f"%s::{types.get(field.field_type, field.field_type)}[]" for field in fields)
+    return f"unnest({arrays}) AS v({names})"
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows turned into one list per column: the arrays ``_unnest`` takes."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def _json_values(
+    fields: Sequence[pw.Field], rows: Sequence[Sequence[Any]]
+) -> Sequence[Sequence[Any]]:
+    """JSON fields' Python values as JSON text, as peewee stores them."""
+    is_json = [isinstance(field, pw.JSONField) for field in fields]
+    if not any(is_json):
+        return rows
+    return [
+        tuple(
+            json.dumps(value) if json_value and value is not None else value
+            for json_value, value in zip(is_json, row, strict=True)
+        )
+        for row in rows
+    ]
 
 
 def insert_ignoring_conflicts(
@@ -36,60 +62,21 @@ def insert_ignoring_conflicts(
         return
     table = fields[0].model._meta.table_name
     columns = ", ".join(f'"{field.column_name}"' for field in fields)
-    is_json = [isinstance(field, pw.JSONField) for field in fields]
+    rows = _json_values(fields, rows)
     cursor = db.cursor()  # type: ignore[no-untyped-call]
-    # Names come from the models and values are bound or escaped, never interpolated.
+    # Names come from the models and values are bound, never interpolated.
     if _is_postgres(db):
-        # COPY into a per-session staging table, then one INSERT ... SELECT: the cheapest way
-        # in, for the client and the server, that can still skip conflicting rows.
-        staging = f"_incoming_{table}"
-        cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE "{table}")')
-        text = "".join(_copy_line(row, is_json) for row in rows)
-        cursor.copy_expert(f'COPY "{staging}" ({columns}) FROM STDIN', io.StringIO(text))
+        names = ", ".join(f"c{i}" for i in range(len(fields)))
         cursor.execute(
-            f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM "{staging}" '  # noqa: S608
-            "ON CONFLICT DO NOTHING"
+            f'INSERT INTO "{table}" ({columns}) SELECT {names} '  # noqa: S608
+            f"FROM {_unnest(db, fields, names)} ON CONFLICT DO NOTHING",
+            _columns(rows, len(fields)),
         )
-        cursor.execute(f'TRUNCATE "{staging}"')  # empty for the next call, even in this transaction
         return
-    rows = [
-        tuple(
-            json.dumps(value) if json_value and value is not None else value
-            for json_value, value in zip(is_json, row, strict=True)
-        )
-        for row in rows
-    ]
     # SQLite stores JSON through json(), as peewee does.
-    marks = ", ".join("json(?)" if json_value else "?" for json_value in is_json)
+    marks = ", ".join("json(?)" if isinstance(field, pw.JSONField) else "?" for field in fields)
     sql = f'INSERT INTO "{table}" ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING'  # noqa: S608
     cursor.executemany(sql, rows)
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_value(value: Any, json_value: bool) -> str:
-    """One field in COPY's text format."""
-    if value is None:
-        return "\\N"
-    if json_value:
-        value = json.dumps(value)
-    elif isinstance(value, bool):
-        return "t" if value else "f"
-    elif isinstance(value, dt.datetime):
-        return value.isoformat(" ")
-    elif not isinstance(value, str):
-        return str(value)
-    return str(value).translate(_COPY_ESCAPES)
-
-
-def _copy_line(row: Sequence[Any], is_json: Sequence[bool]) -> str:
-    return (
-        "\t".join(
-            _copy_value(value, json_value) for value, json_value in zip(row, is_json, strict=True)
-        )
-        + "\n"
-    )
 
 
 def set_where_null(
@@ -97,7 +84,6 @@ def set_where_null(
     target: pw.Field,
     keys: Sequence[pw.Field],
     rows: Sequence[Sequence[Any]],
-    page_size: int = 1000,
 ) -> None:
     """For each row ``(value, *key values)``: set ``target`` to ``value`` on the stored row
     whose ``keys`` match, unless it is already set. Rows must name distinct keys."""
@@ -110,13 +96,52 @@ def set_where_null(
     if _is_postgres(db):
         names = ", ".join(f"k{i}" for i in range(len(keys)))
         match = " AND ".join(f't."{key.column_name}" = v.k{i}' for i, key in enumerate(keys))
-        sql = (
+        cursor.execute(
             f'UPDATE "{table}" AS t SET "{column}" = v.value '  # noqa: S608
-            f"FROM (VALUES %s) AS v(value, {names}) "
-            f'WHERE {match} AND t."{column}" IS NULL'
+            f"FROM {_unnest(db, (target, *keys), f'value, {names}')} "
+            f'WHERE {match} AND t."{column}" IS NULL',
+            _columns(rows, 1 + len(keys)),
         )
-        execute_values(cursor, sql, rows, page_size=page_size)
-    else:
-        match = " AND ".join(f'"{key.column_name}" = ?' for key in keys)
-        sql = f'UPDATE "{table}" SET "{column}" = ? WHERE {match} AND "{column}" IS NULL'  # noqa: S608
-        cursor.executemany(sql, rows)
+        return
+    match = " AND ".join(f'"{key.column_name}" = ?' for key in keys)
+    sql = f'UPDATE "{table}" SET "{column}" = ? WHERE {match} AND "{column}" IS NULL'  # noqa: S608
+    cursor.executemany(sql, rows)
+
+
+def select_matching(
+    db: pw.Database,
+    columns: Sequence[pw.Field],
+    keys: Sequence[pw.Field],
+    values: Sequence[Sequence[Any]],
+    page_size: int = 500,
+) -> list[tuple[Any, ...]]:
+    """``columns`` of the stored rows whose ``keys`` equal one of ``values`` (distinct tuples of
+    key values, in the order of ``keys``): only those rows are read, through the keys' index,
+    whatever else the table holds."""
+    if not values:
+        return []
+    table = keys[0].model._meta.table_name
+    selected = ", ".join(f't."{column.column_name}"' for column in columns)
+    names = ", ".join(f"k{i}" for i in range(len(keys)))
+    match = " AND ".join(f't."{key.column_name}" = v.k{i}' for i, key in enumerate(keys))
+    cursor = db.cursor()  # type: ignore[no-untyped-call]
+    # Names come from the models and values are bound, never interpolated.
+    if _is_postgres(db):
+        cursor.execute(
+            f'SELECT {selected} FROM {_unnest(db, keys, names)} JOIN "{table}" AS t '  # noqa: S608
+            f"ON {match}",
+            _columns(values, len(keys)),
+        )
+        return [tuple(row) for row in cursor.fetchall()]
+    # A join, not ``(keys) IN (VALUES ...)``: SQLite scans the whole table for the latter.
+    marks = "(" + ", ".join("?" * len(keys)) + ")"
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(values), page_size):
+        page = values[start : start + page_size]
+        cursor.execute(
+            f"WITH v({names}) AS (VALUES {', '.join([marks] * len(page))}) "  # noqa: S608
+            f'SELECT {selected} FROM v JOIN "{table}" AS t ON {match}',
+            [value for row in page for value in row],
+        )
+        rows.extend(tuple(row) for row in cursor.fetchall())
+    return rows

@@ -1,0 +1,85 @@
+"""Reading back only the rows a batch names, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import peewee as pw
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.storage import FirstInteraction
+from core.storage.bulk import insert_ignoring_conflicts, select_matching
+from core.testing import Harness
+from tests.conftest import postgres_url
+from tests.postgres import fresh_database
+
+KEYS = (
+    FirstInteraction.message_id,
+    FirstInteraction.recipient_number,
+    FirstInteraction.kind,
+    FirstInteraction.key_hash,
+)
+FIELDS = (*KEYS, FirstInteraction.event_id, FirstInteraction.at)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'scaisend.db'}"
+        runtime = Harness(tmp_path, database_url=url).open_runtime()
+        try:
+            yield runtime.db
+        finally:
+            runtime.close()
+        return
+    with fresh_database(postgres_url()) as url:
+        runtime = Harness(tmp_path, database_url=url).open_runtime()
+        try:
+            yield runtime.db
+        finally:
+            runtime.close()
+
+
+def stored(database: pw.Database, keys: list[tuple[str, int, str, str]]) -> None:
+    with database.connection_context(), database.atomic():
+        FirstInteraction.delete().execute(database)
+        insert_ignoring_conflicts(
+            database,
+            FIELDS,
+            [(*key, f"e-{n}", "2026-01-01 00:00:00") for n, key in enumerate(keys)],
+        )
+
+
+key = st.tuples(
+    st.sampled_from(["m1", "m2", "m'3"]),
+    st.integers(0, 5),
+    st.sampled_from(["open", "click"]),
+    st.sampled_from(["", "a", "b\tc"]),
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    present=st.lists(key, unique=True, max_size=40),
+    asked=st.lists(key, unique=True, max_size=40),
+    page_size=st.integers(1, 7),
+)
+def test_only_the_asked_keys_come_back(database, present, asked, page_size):
+    stored(database, present)
+    with database.connection_context():
+        rows = select_matching(
+            database, (*KEYS, FirstInteraction.event_id), KEYS, asked, page_size=page_size
+        )
+    owners = {k: f"e-{n}" for n, k in enumerate(present)}
+    assert sorted(rows) == sorted((*k, owners[k]) for k in asked if k in owners)
+
+
+def test_nothing_asked_reads_nothing(database):
+    stored(database, [("m1", 0, "open", "")])
+    with database.connection_context():
+        assert select_matching(database, KEYS, KEYS, []) == []
