@@ -33,12 +33,6 @@ class SettingsError(ValueError):
 _KNOWN_LIMIT = 256
 
 
-def _copy(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy the caller may change without changing the remembered one."""
-    copied: dict[str, Any] = thaw(settings)
-    return copied
-
-
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: ``override`` over ``base``; nested mappings merge, anything else replaces."""
     merged: dict[str, Any] = thaw(base)
@@ -55,11 +49,10 @@ class SettingsLayers:
     """Knows every feature's schema and defaults; merges and checks settings layers."""
 
     features: OrderedFeatures
-    # Effective settings already worked out and checked, by their layers as JSON text: the
-    # sends of one tenant mostly repeat the same few combinations.
-    _known: dict[str, dict[str, Any]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    # Effective settings already worked out and checked, as JSON text (decoding it gives each
+    # caller its own copy), by their layers as JSON text: the sends of one tenant mostly repeat
+    # the same few combinations.
+    _known: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -88,7 +81,8 @@ class SettingsLayers:
         except (TypeError, ValueError):
             key = None  # not JSON data (no request body holds such values): work it out
         if key is not None and (known := self._known.get(key)) is not None:
-            return _copy(known)
+            copied: dict[str, Any] = json.loads(known)
+            return copied
         merged = deep_merge(self.builtin(), tenant.tracking)
         if stored:
             merged = deep_merge(merged, stored)
@@ -96,9 +90,11 @@ class SettingsLayers:
             merged = deep_merge(merged, request)
         self.check(merged)
         if key is not None:
-            if len(self._known) >= _KNOWN_LIMIT:
-                self._known.clear()
-            self._known[key] = _copy(merged)
+            text = json.dumps(merged)
+            if json.loads(text) == merged:  # JSON keeps it exactly (no tuple, no int key)
+                if len(self._known) >= _KNOWN_LIMIT:
+                    self._known.clear()
+                self._known[key] = text
         return merged
 
     def check(self, settings: Mapping[str, Any], prefix: str = "") -> None:
