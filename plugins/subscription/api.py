@@ -27,7 +27,7 @@ blueprint = Blueprint("subscription_api", __name__)
 
 MAX_LIMIT = 500
 MAX_EMAILS = 1000
-_EMAIL = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[^@\s<>,;:\"()\[\]\\]+$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f<>,;:\"()\[\]\\]+@[^@\s\x00-\x1f\x7f<>,;:\"()\[\]\\]+$")
 # ASCII digits only: str.isdigit() also accepts characters int() refuses ("²").
 _NUMBER = re.compile(r"^[0-9]{1,12}$")
 _LISTS: dict[str, Kind] = {"bounces": "bounce", "spam_reports": "spamreport"}
@@ -89,8 +89,23 @@ async def _json_object() -> dict[str, Any]:
     return body
 
 
+def _storable(text: str) -> bool:
+    """Whether a database keeps ``text`` as given: PostgreSQL refuses NUL, and a lone
+    surrogate (what JSON's ``\\ud800`` escape decodes to) is not UTF-8 at all."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
 def _email(raw: Any) -> str:
-    if not isinstance(raw, str) or len(raw) > 320 or not _EMAIL.match(raw.strip()):
+    if (
+        not isinstance(raw, str)
+        or len(raw) > 320
+        or not _EMAIL.match(raw.strip())
+        or not _storable(raw)
+    ):
         raise ApiError(400, f"not an email address: {str(raw)[:100]!r}")
     return raw.strip().lower()
 
@@ -110,12 +125,12 @@ def _group_fields(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if "name" in body or not partial:
         name = body.get("name")
-        if not isinstance(name, str) or not 0 < len(name.strip()) <= 100:
+        if not isinstance(name, str) or not 0 < len(name.strip()) <= 100 or not _storable(name):
             raise ApiError(400, "name must be a string of 1 to 100 characters")
         fields["name"] = name.strip()
     if "description" in body:
         description = body["description"]
-        if not isinstance(description, str) or len(description) > 500:
+        if not isinstance(description, str) or len(description) > 500 or not _storable(description):
             raise ApiError(400, "description must be a string of at most 500 characters")
         fields["description"] = description
     if "is_default" in body:
