@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 """Room for the multipart headers and boundaries around the file itself."""
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+_NUMBER = re.compile(r"[0-9]{1,12}")
 
 
 def library() -> ImageLibrary:
@@ -106,7 +108,8 @@ def _bounded(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > maximum:
+    # ASCII digits, and few of them: str.isdigit() accepts "²", which int() refuses.
+    if not _NUMBER.fullmatch(raw) or int(raw) > maximum:
         raise ValueError(f"{name} must be an integer from 0 to {maximum}")
     return int(raw)
 

@@ -91,6 +91,8 @@ def describe(row: LibraryImage, base_url: str) -> dict[str, Any]:
 
 
 def _live(tenant: str, image_id: str) -> LibraryImage | None:
+    if not IMAGE_ID.fullmatch(image_id):
+        return None  # never an id we issued; PostgreSQL would refuse some (a NUL) outright
     found: LibraryImage | None = LibraryImage.get_or_none(
         (LibraryImage.id == image_id)
         & (LibraryImage.tenant == tenant)
