@@ -42,6 +42,22 @@ def _authorize(runtime: Runtime, tenant_id: str) -> Tenant | JsonResponse:
     return tenant
 
 
+def _unstorable(value: Any) -> bool:
+    """Whether ``value`` holds text no database keeps: PostgreSQL's JSON refuses NUL, and a
+    lone surrogate (what JSON's ``\\ud800`` escape decodes to) is not UTF-8 at all."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_unstorable(key) or _unstorable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
 def _aliased(runtime: Runtime, exc: SettingsError) -> str:
     feature, _, field = exc.field.partition(".")
     return runtime.settings.field_alias(feature, field.split(".")[0]) if field else exc.field
@@ -67,6 +83,8 @@ async def put_tracking(tenant_id: str) -> JsonResponse:
     body = await request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object of tracking settings")
+    if _unstorable(body):
+        return _error(400, "setting names and values must not hold NUL or lone surrogates")
     try:
         patch = runtime.settings.unflatten(body)
 

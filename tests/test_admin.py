@@ -212,6 +212,30 @@ async def test_a_body_that_is_not_an_object_is_400_json(tmp_path, raw):
         assert "error" in await response.get_json()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"subscription_tracking_html": "<p>a\u0000b</p>"},
+        {"subscription_tracking_html": "\ud800"},
+        {"ganalytics_utm_source": "news\u0000"},
+        {"ganalytics_utm_campaign": "\udfff"},
+        {"\u0000": 1},
+        {"\ud800": True},
+    ],
+)
+async def test_text_no_database_keeps_is_400_and_stores_nothing(tmp_path, database_url, body):
+    # json.dumps writes NUL and a lone surrogate as escapes, as any client's JSON would.
+    harness = Harness(tmp_path, tenants=tenants(), database_url=database_url)
+    headers = {**bearer(harness.admin_token("acme")), "Content-Type": "application/json"}
+    async with harness.serving() as client:
+        response = await client.put(PATH.format("acme"), headers=headers, data=json.dumps(body))
+        assert response.status_code == 400
+        assert "error" in await response.get_json()
+        got = await (await client.get(PATH.format("acme"), headers=headers)).get_json()
+    assert {name: got[name] for name in SPEC_DEFAULTS} == SPEC_DEFAULTS
+    assert got["subscription_tracking_html"] is None
+
+
 async def test_missing_and_malformed_credentials_are_401(tmp_path):
     harness = Harness(tmp_path, tenants=tenants())
     async with harness.serving() as client:
