@@ -324,6 +324,29 @@ async def test_a_temporary_failure_is_deferred_and_suppresses_nothing(tmp_path):
 
 
 @pytest.mark.anyio
+async def test_a_bounce_quoting_a_nul_is_recorded_not_retried_forever(
+    tmp_path,
+    database_url,  # noqa: F811
+):
+    # PostgreSQL refuses NUL in text and JSON; a 451 would have the sender retry for days.
+    async with world(tmp_path, database_url) as w:
+        message_id = await w.send("ann@example.com")
+        sender = w.mx.to("ann@example.com").mail_from
+        report = dsn(sender, "ann@example.com", diagnostic="550 5.1.1 no\x00such user")
+        assert (await w.report(sender, report))[0] == 250
+
+        [bounce] = await w.events("bounce")
+        assert bounce.message_id == message_id
+        assert bounce.data["diagnostic"] == "550 5.1.1 no\ufffdsuch user"
+        entry = await in_thread(
+            lambda: w.harness.runtime.suppressions.get("acme", "ann@example.com", "bounce")
+        )
+        assert entry is not None
+        assert entry.reason == "550 5.1.1 no\ufffdsuch user"
+    assert w.kept("unattributed") == []
+
+
+@pytest.mark.anyio
 async def test_a_bounce_names_only_the_tenant_that_sent_the_copy(tmp_path):
     async with world(tmp_path) as w:
         await w.send("ann@example.com", tenant="acme")

@@ -3,6 +3,7 @@ for a hard bounce or a complaint."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from core.events import Event
@@ -13,6 +14,15 @@ from plugins.inbound_dsn.report import FailedRecipient, Report
 
 NOT_FAILURES = frozenset({"delivered", "relayed", "expanded"})
 """DSN actions that report success: such an item in a bounce is not a failure."""
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as a database keeps it. A report quotes whatever the remote server wrote, and
+    PostgreSQL refuses NUL (a lone surrogate is not UTF-8 anywhere): failing there would
+    answer the report 451, and its sender would retry it for days."""
+    return None if text is None else _UNSTORABLE.sub("\ufffd", text)
 
 
 def event_type(report: Report, item: FailedRecipient) -> str | None:
@@ -46,7 +56,9 @@ def event_data(report: Report, item: FailedRecipient, target: Target) -> dict[st
         "reporting_mta": report.reporting_mta,
     }
     data.update({key: value for key, value in optional.items() if value})
-    return data
+    return {
+        key: storable(value) if isinstance(value, str) else value for key, value in data.items()
+    }
 
 
 def suppression_kind(event: str) -> Kind | None:
@@ -73,8 +85,12 @@ def apply(runtime: Runtime, report: Report, item: FailedRecipient, target: Targe
             target.tenant,
             target.email,
             listed,
-            reason=item.diagnostic or item.reason,
-            data={"message_id": target.message_id, "status": item.status, "reason": item.reason},
+            reason=storable(item.diagnostic or item.reason),
+            data={
+                "message_id": target.message_id,
+                "status": storable(item.status),
+                "reason": storable(item.reason),
+            },
         )
     runtime.emit(
         Event(
