@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from core.config import ConfigError
 from core.send.service import SendService
-from core.storage.models import Suppression
+from core.storage.models import NO_GROUP, Suppression
 from core.testing import Harness, random_secret
 from plugins.subscription.groups import Group
 from plugins.subscription.pages import landing, mask
@@ -606,6 +606,36 @@ async def test_concurrent_unsubscribes_of_one_address_record_one(tmp_path, backe
     else:
         with fresh_database(postgres_url()) as url:
             await _concurrent_unsubscribes(tmp_path, url)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_send_naming_a_group_id_no_group_can_have_still_unsubscribes(tmp_path, backend):
+    if backend == "sqlite":
+        await _group_id_out_of_range(tmp_path, None)
+    else:
+        with fresh_database(postgres_url()) as url:
+            await _group_id_out_of_range(tmp_path, url)
+
+
+async def _group_id_out_of_range(tmp_path, database_url: str | None) -> None:
+    # Beyond any group's id, and beyond PostgreSQL's integer: no group list can hold it.
+    group_id = 3_000_000_000
+    harness = make_harness(tmp_path, database_url=database_url)
+    async with harness.serving() as client:
+        _, token = await sent_token(client, harness, asm={"group_id": group_id})
+        page = await client.get(f"/t/u/{token}")
+        assert page.status_code == 200
+        assert f'data-group="{group_id}"' not in await page.get_data(as_text=True)
+        chosen = await client.post(
+            f"/t/u/{token}", form={"action": "unsubscribe_group", "group_id": str(group_id)}
+        )
+        assert chosen.status_code == 400
+        one_click = await client.post(
+            f"/t/u/{token}/one-click", data="List-Unsubscribe=One-Click", headers=URLENCODED
+        )
+        assert one_click.status_code == 200
+        listed = suppressions(harness)
+    assert listed == {("acme", "unsubscribe", "ann.reader@example.com", NO_GROUP)}
 
 
 async def _concurrent_unsubscribes(tmp_path, database_url: str | None) -> None:

@@ -17,7 +17,7 @@ from quart import Blueprint
 from core import Feature, InstrumentContext, Runtime, StagedDocument, hookimpl
 from plugins.subscription.api import blueprint as api_blueprint
 from plugins.subscription.footer import instrument_message
-from plugins.subscription.groups import GroupStore
+from plugins.subscription.groups import MAX_GROUP_ID, GroupStore
 from plugins.subscription.models import UnsubscribeGroup
 from plugins.subscription.routes import blueprint as routes_blueprint
 
@@ -64,7 +64,7 @@ FEATURE = Feature(
                     "additionalProperties": False,
                     "required": ["id", "name"],
                     "properties": {
-                        "id": {"type": "integer", "minimum": 1, "maximum": 2_000_000_000},
+                        "id": {"type": "integer", "minimum": 1, "maximum": MAX_GROUP_ID},
                         "name": {"type": "string", "minLength": 1, "maxLength": 100},
                         "description": {"type": "string", "maxLength": 500, "default": ""},
                         "is_default": {"type": "boolean", "default": False},

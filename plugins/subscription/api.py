@@ -19,7 +19,7 @@ from quart import Blueprint, Response, jsonify, request
 from core import Runtime, Tenant, current_runtime
 from core.auth import AuthError, tenant_for_request
 from core.suppressions import Kind
-from plugins.subscription.groups import Group, GroupStore
+from plugins.subscription.groups import MAX_GROUP_ID, Group, GroupStore
 
 log = structlog.get_logger("scaisend.subscription")
 
@@ -141,7 +141,7 @@ def _group_fields(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
 
 
 def _group_id(raw: str) -> int:
-    if not _NUMBER.match(raw) or not 0 < int(raw) <= 2_000_000_000:
+    if not _NUMBER.match(raw) or not 0 < int(raw) <= MAX_GROUP_ID:
         raise ApiError(404, "no such group")
     return int(raw)
 

@@ -13,6 +13,9 @@ from plugins.subscription.models import UnsubscribeGroup
 
 _CREATE_ATTEMPTS = 20
 
+MAX_GROUP_ID = 2_000_000_000
+"""Group ids run from 1 to this: they must fit the suppression table's 32-bit column."""
+
 
 @dataclass(frozen=True)
 class Group:

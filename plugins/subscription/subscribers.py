@@ -12,7 +12,7 @@ import structlog
 from core import Event, Runtime, TokenClaims
 from core.storage import Message, MessageRecipient
 from core.storage.models import NO_GROUP, Suppression
-from plugins.subscription.groups import Group, GroupStore
+from plugins.subscription.groups import MAX_GROUP_ID, Group, GroupStore
 
 log = structlog.get_logger("scaisend.subscription")
 
@@ -81,12 +81,16 @@ def lookup(runtime: Runtime, claims: TokenClaims) -> Subscriber | None:
         message_id=claims.message_id,
         number=claims.recipient,
         email=row.email,
-        group_id=int(group_id) if isinstance(group_id, int) else None,
-        groups_to_display=tuple(
-            int(g) for g in asm.get("groups_to_display") or () if isinstance(g, int)
-        ),
+        # A send may name a group id no group can have: no group list could hold it, so that
+        # recipient's one-click leaves all mail rather than failing to leave any.
+        group_id=group_id if _group_id(group_id) else None,
+        groups_to_display=tuple(g for g in asm.get("groups_to_display") or () if _group_id(g)),
         settings=dict((row.settings or {}).get("subscription_tracking") or {}),
     )
+
+
+def _group_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_GROUP_ID
 
 
 def preferences(runtime: Runtime, subscriber: Subscriber) -> Preferences:
