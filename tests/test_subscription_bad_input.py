@@ -71,6 +71,8 @@ CASES: list[tuple[str, str, Any]] = [
     ("GET", "/v3/asm/groups?limit=%C2%B2", None),
     ("GET", "/v3/asm/suppressions/global?offset=" + "9" * 5000, None),
     ("GET", "/v3/suppression/bounces?limit=0", None),
+    ("GET", "/v3/suppression/blocks", None),
+    ("DELETE", "/v3/suppression/invalid_emails/a@example.com", None),
 ]
 
 

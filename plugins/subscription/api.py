@@ -31,6 +31,7 @@ _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f<>,;:\"()\[\]\\]+@[^@\s\x00-\x1f\x7f<>,
 # ASCII digits only: str.isdigit() also accepts characters int() refuses ("²").
 _NUMBER = re.compile(r"^[0-9]{1,12}$")
 _LISTS: dict[str, Kind] = {"bounces": "bounce", "spam_reports": "spamreport"}
+"""The lists behind ``/v3/suppression/{name}``; the routes' converter admits only these names."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -300,16 +301,10 @@ async def delete_global(email: str) -> Response:
 # --- bounces and spam reports ---------------------------------------------------------------
 
 
-def _kind(name: str) -> Kind:
-    if name not in _LISTS:
-        raise ApiError(404, "no such list")
-    return _LISTS[name]
-
-
 @blueprint.route("/v3/suppression/<any(bounces, spam_reports):name>", methods=["GET"])
 async def list_reports(name: str) -> Response:
     tenant, runtime = _tenant(), current_runtime()
-    kind = _kind(name)
+    kind = _LISTS[name]
     offset, limit = _paging()
     entries, total = await _blocking(
         runtime.suppressions.page, tenant.id, kind, offset=offset, limit=limit
@@ -320,7 +315,7 @@ async def list_reports(name: str) -> Response:
 @blueprint.route("/v3/suppression/<any(bounces, spam_reports):name>/<path:email>", methods=["GET"])
 async def get_report(name: str, email: str) -> Response:
     tenant, runtime = _tenant(), current_runtime()
-    kind = _kind(name)
+    kind = _LISTS[name]
     entry = await _blocking(runtime.suppressions.get, tenant.id, _email(email), kind)
     if entry is None:
         raise ApiError(404, "that address is not on this list")
@@ -330,7 +325,7 @@ async def get_report(name: str, email: str) -> Response:
 @blueprint.route("/v3/suppression/<any(bounces, spam_reports):name>", methods=["DELETE"])
 async def delete_reports(name: str) -> Response:
     tenant, runtime = _tenant(), current_runtime()
-    kind = _kind(name)
+    kind = _LISTS[name]
     body = await _json_object()
     emails = body.get("emails")
     if not isinstance(emails, list) or not 0 < len(emails) <= MAX_EMAILS:
@@ -350,7 +345,7 @@ async def delete_reports(name: str) -> Response:
 )
 async def delete_report(name: str, email: str) -> Response:
     tenant, runtime = _tenant(), current_runtime()
-    kind = _kind(name)
+    kind = _LISTS[name]
     if not await _blocking(runtime.suppressions.remove, tenant.id, _email(email), kind):
         raise ApiError(404, "that address is not on this list")
     return Response(status=204)
