@@ -51,7 +51,7 @@ def has_placeholder(text: str) -> bool:
     return bool(_PLACEHOLDER.search(text))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def links(source: str) -> tuple[Link, ...]:
     """Every href of a link-bearing tag, in document order.
 
