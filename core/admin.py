@@ -80,7 +80,10 @@ async def put_tracking(tenant_id: str) -> JsonResponse:
     tenant = _authorize(runtime, tenant_id)
     if not isinstance(tenant, Tenant):
         return tenant
-    body = await request.get_json(force=True, silent=True)
+    try:
+        body = await request.get_json(force=True, silent=True)
+    except RecursionError:  # nested deeper than the parser goes: no settings body is
+        body = None
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object of tracking settings")
     if _unstorable(body):

@@ -199,7 +199,18 @@ async def test_invalid_values_are_400_naming_the_field_and_store_nothing(tmp_pat
     assert {name: got[name] for name in SPEC_DEFAULTS} == SPEC_DEFAULTS
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'"text"', b"", b'{"a": '])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'"text"',
+        b"",
+        b'{"a": ',
+        b"[" * 100_000,  # deeper than the parser recurses
+        b'{"open_tracking_enabled": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    ],
+)
 async def test_a_body_that_is_not_an_object_is_400_json(tmp_path, raw):
     harness = Harness(tmp_path, tenants=tenants())
     async with harness.serving() as client:

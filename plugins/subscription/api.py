@@ -84,7 +84,10 @@ def _listing(items: list[Any], total: int) -> Response:
 
 
 async def _json_object() -> dict[str, Any]:
-    body = await request.get_json(force=True, silent=True)
+    try:
+        body = await request.get_json(force=True, silent=True)
+    except RecursionError:  # nested deeper than the parser goes: no body this API takes
+        body = None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
