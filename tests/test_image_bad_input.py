@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 
@@ -76,3 +79,33 @@ async def test_malformed_ids_and_paging_get_a_4xx_json_error(tmp_path, database_
     assert all(set(answer[3]) == {"error"} for answer in answers)
     # The message says what is wrong in the API's terms, not the parser's.
     assert all("int()" not in answer[3]["error"] for answer in answers)
+
+
+# Any code point, with NUL and lone surrogates drawn often (st.text() never yields surrogates).
+ANY_TEXT = st.lists(
+    st.one_of(st.characters(), st.sampled_from(["\x00", "\ud800", "/", "..", "%"])),
+    min_size=1,
+    max_size=40,
+).map("".join)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(image_id=ANY_TEXT)
+async def test_any_unknown_image_id_is_404_json(tmp_path, database_url, image_id):
+    tenants = {"acme": {"api_keys": ["acme-" + random_secret()]}}
+    harness = Harness(tmp_path, tenants=tenants, database_url=database_url)
+    headers = {"Authorization": f"Bearer {harness.api_key('acme')}"}
+    path = quote(image_id.encode("utf-8", "surrogatepass"), safe="")
+    async with harness.serving() as client:
+        answers = [
+            await client.get(f"/v3/images/{path}", headers=headers),
+            await client.delete(f"/v3/images/{path}", headers=headers),
+            await client.get(f"/i/{path}"),
+        ]
+        for response in answers:
+            assert response.status_code == 404
+            assert set(await response.get_json()) == {"error"}
