@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.auth import ADMIN_AUDIENCE, AuthError, mint_admin_token, verify_admin_token
@@ -245,6 +245,42 @@ async def test_text_no_database_keeps_is_400_and_stores_nothing(tmp_path, databa
         got = await (await client.get(PATH.format("acme"), headers=headers)).get_json()
     assert {name: got[name] for name in SPEC_DEFAULTS} == SPEC_DEFAULTS
     assert got["subscription_tracking_html"] is None
+
+
+# Any code point, with NUL and lone surrogates drawn often (st.text() never yields surrogates).
+ANY_TEXT = st.lists(
+    st.one_of(st.characters(), st.sampled_from(["\x00", "\ud800", "<% %>"])), max_size=20
+).map("".join)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+SETTING_NAMES = st.sampled_from(
+    [*SPEC_DEFAULTS, "subscription_tracking_html", "ganalytics_utm_source", "no_such_setting"]
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(body=st.dictionaries(SETTING_NAMES | ANY_TEXT, JSON_VALUES, max_size=3))
+async def test_any_json_object_is_applied_whole_or_refused_with_400(tmp_path, body):
+    harness = Harness(tmp_path, tenants=tenants())
+    headers = {**bearer(harness.admin_token("acme")), "Content-Type": "application/json"}
+    async with harness.serving() as client:
+        before = await (await client.get(PATH.format("acme"), headers=headers)).get_json()
+        response = await client.put(PATH.format("acme"), headers=headers, data=json.dumps(body))
+        answer = await response.get_json()
+        after = await (await client.get(PATH.format("acme"), headers=headers)).get_json()
+    assert response.status_code in (200, 400), answer
+    if response.status_code == 400:
+        assert set(answer) <= {"error", "field"}
+        assert after == before  # nothing half-written
+    else:
+        assert answer == after
 
 
 async def test_missing_and_malformed_credentials_are_401(tmp_path):
