@@ -11,8 +11,10 @@ For each HTML file under ../shared/corpus/html (read in place), one message for 
   JSON tokens (its default) and, for reference, with Fernet-encrypted tokens.
 
 Both sides run each configuration in the same process, interleaved round by round:
-open tracking only, then open + click tracking. The ratio is ScaiSend over pytracking with the
-same features and its default (fastest, unsigned) tokens.
+open tracking only, open + click tracking, then open + click + ganalytics (pytracking has no UTM
+tagging: its side does open + click). The ratio is ScaiSend over pytracking with the same
+features and its default (fastest, unsigned) tokens. Last, the cost of the worker thread each
+plugin call runs in is measured alone.
 
 Run ``python bench/instrument_bench.py`` in the bench environment (``tox -e bench`` installs
 pytracking[html,crypto]); ``--help`` for the knobs.
