@@ -111,6 +111,7 @@ def as_read(value: str) -> str:
 
 @settings(max_examples=400, deadline=None)
 @given(templates())
+@example((["", "\r", "\n"], ["", "\n"]))  # a CR, then an LF from a slot, then another LF
 def test_a_stamped_body_decodes_to_exactly_the_stamped_text(template):
     literals, values = template
     compiled, recipient = template_of(literals, values)

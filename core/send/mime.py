@@ -292,6 +292,7 @@ class EncodedBody:
             value = slot(recipient)
             if pending_cr and value.startswith("\n"):
                 value = value[1:]
+                pending_cr = False  # that CR and this LF were one line break, now complete
             if value:
                 pending_cr = value.endswith("\r")
                 out.append(_qp_run(value))
