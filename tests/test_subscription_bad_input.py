@@ -128,3 +128,24 @@ async def test_any_group_name_or_address_is_kept_or_refused_with_4xx(tmp_path, n
         assert isinstance(await response.get_json(), dict)
     if group.status_code == 201:
         assert (await group.get_json())["name"] == name.strip()
+
+
+async def test_creating_a_group_after_the_highest_id_is_409_and_creates_nothing(
+    tmp_path, database_url
+):
+    tenants = {
+        "acme": {
+            "api_keys": ["acme-" + random_secret()],
+            "plugins": {
+                "subscription_tracking": {"groups": [{"id": 2_000_000_000, "name": "Last"}]}
+            },
+        }
+    }
+    harness = Harness(tmp_path, tenants=tenants, database_url=database_url)
+    headers = {"Authorization": f"Bearer {harness.api_key('acme')}"}
+    async with harness.serving() as client:
+        created = await client.post("/v3/asm/groups", json={"name": "One more"}, headers=headers)
+        listed = await client.get("/v3/asm/groups", headers=headers)
+        assert created.status_code == 409
+        assert "error" in await created.get_json()
+        assert [group["name"] for group in await listed.get_json()] == ["Last"]

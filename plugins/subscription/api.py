@@ -19,7 +19,7 @@ from quart import Blueprint, Response, jsonify, request
 from core import Runtime, Tenant, current_runtime
 from core.auth import AuthError, tenant_for_request
 from core.suppressions import Kind
-from plugins.subscription.groups import MAX_GROUP_ID, Group, GroupStore
+from plugins.subscription.groups import MAX_GROUP_ID, Group, GroupStore, NoGroupIdLeft
 
 log = structlog.get_logger("scaisend.subscription")
 
@@ -174,13 +174,16 @@ async def list_groups() -> Response:
 async def create_group() -> tuple[Response, int]:
     tenant, runtime = _tenant(), current_runtime()
     fields = _group_fields(await _json_object(), partial=False)
-    group = await _blocking(
-        GroupStore(runtime.db).create,
-        tenant.id,
-        fields["name"],
-        fields.get("description", ""),
-        fields.get("is_default", False),
-    )
+    try:
+        group = await _blocking(
+            GroupStore(runtime.db).create,
+            tenant.id,
+            fields["name"],
+            fields.get("description", ""),
+            fields.get("is_default", False),
+        )
+    except NoGroupIdLeft as exc:
+        raise ApiError(409, f"no group id is left: {exc}") from exc
     log.info("asm.group_created", group_id=group.id)
     return jsonify(group.to_dict()), 201
 

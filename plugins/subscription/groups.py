@@ -17,6 +17,10 @@ MAX_GROUP_ID = 2_000_000_000
 """Group ids run from 1 to this: they must fit the suppression table's 32-bit column."""
 
 
+class NoGroupIdLeft(Exception):
+    """The tenant's highest group id is already :data:`MAX_GROUP_ID`."""
+
+
 @dataclass(frozen=True)
 class Group:
     id: int
@@ -99,7 +103,8 @@ class GroupStore:
             return {row.group_id: Group.of(row) for row in rows}
 
     def create(self, tenant: str, name: str, description: str, is_default: bool) -> Group:
-        """A new group whose id no other group, nor any group unsubscribe, of the tenant has.
+        """A new group whose id no other group, nor any group unsubscribe, of the tenant has;
+        :class:`NoGroupIdLeft` if the next id would be beyond :data:`MAX_GROUP_ID`.
 
         Two creations racing for one id: the loser's insert fails on the key and it retries.
         """
@@ -128,10 +133,16 @@ class GroupStore:
             )
             highest_listed = (
                 Suppression.select(pw.fn.MAX(Suppression.group_id))
-                .where((Suppression.tenant == tenant) & (Suppression.group_id != NO_GROUP))
+                .where(
+                    (Suppression.tenant == tenant)
+                    & (Suppression.group_id != NO_GROUP)
+                    & (Suppression.group_id <= MAX_GROUP_ID)
+                )
                 .scalar()
             )
             group_id = max(highest_group or 0, highest_listed or 0) + 1
+            if group_id > MAX_GROUP_ID:
+                raise NoGroupIdLeft(f"group ids end at {MAX_GROUP_ID}")
             UnsubscribeGroup.create(
                 tenant=tenant,
                 group_id=group_id,
