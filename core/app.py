@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ INBOUND = "scaisend.inbound"
 """``app.extensions`` key of the :class:`InboundListener` (its bound port, in tests)."""
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_request_id: ContextVar[str | None] = ContextVar("scaisend_request_id", default=None)
 
 health = Blueprint("health", __name__)
 
@@ -136,13 +138,15 @@ def _install_request_context(app: Quart) -> None:
     @app.before_request
     async def bind_request() -> None:
         given = request.headers.get("X-Request-Id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        structlog.contextvars.clear_contextvars()
+        request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
+        # Each request runs in a task of its own, whose context starts without another
+        # request's bindings: binding is enough, nothing needs clearing.
+        _request_id.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
 
     @app.after_request
     async def tag_response(response: Response) -> Response:
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        request_id = _request_id.get()
         if request_id:
             response.headers["X-Request-Id"] = request_id
         return response
