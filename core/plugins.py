@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,57 @@ def build_plugin_manager(
     return pm
 
 
+class _Worker:
+    """A thread that runs one call at a time, handed to it through a queue."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="plugin-call", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self.jobs.get()()
+
+
+class _Workers:
+    """Reusable threads for plugin calls: starting a thread per call costs more than many
+    plugins' work. A worker whose call overruns is abandoned to it and never handed another."""
+
+    IDLE_LIMIT = 32
+
+    def __init__(self) -> None:
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def run(self, call: Callable[[], Any], budget: float) -> tuple[bool, Any] | None:
+        """``(True, result)`` or ``(False, exception)``; ``None`` when ``budget`` ran out."""
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            worker = _Worker()
+        outcome: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def job() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # noqa: BLE001 - every plugin failure is isolated
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        worker.jobs.put(job)
+        if not done.wait(budget):
+            return None
+        with self._lock:
+            if len(self._idle) < self.IDLE_LIMIT:
+                self._idle.append(worker)
+        return outcome[0]
+
+
+_WORKERS = _Workers()
+
+
 class PluginTimeout(Exception):
     """A hook implementation did not return within its budget."""
 
@@ -116,23 +168,11 @@ class PluginHost:
         The thread lets core stop waiting for a plugin that hangs; its late result is dropped.
         """
         budget = self.budget if budget is None else budget
-        outcome: list[Any] = []
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                outcome.append((True, impl.function(**impl.kwargs(kwargs))))
-            except BaseException as exc:  # noqa: BLE001 - every plugin failure is isolated
-                outcome.append((False, exc))
-            finally:
-                done.set()
-
-        worker = threading.Thread(target=run, name=f"plugin:{impl.plugin_name}", daemon=True)
-        worker.start()
-        if not done.wait(budget):
+        outcome = _WORKERS.run(lambda: impl.function(**impl.kwargs(kwargs)), budget)
+        if outcome is None:
             log.error("plugin.timeout", hook=hook, plugin=impl.plugin_name, budget_s=budget)
             return False, PluginTimeout(f"{impl.plugin_name}.{hook} exceeded {budget}s")
-        ok, value = outcome[0]
+        ok, value = outcome
         if not ok:
             log.error(
                 "plugin.failed",

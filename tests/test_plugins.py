@@ -278,6 +278,26 @@ def test_instrument_over_budget_is_skipped(tmp_path, hanging, capfd):
     hanging.release.set()
 
 
+def test_messages_after_a_hang_are_instrumented_while_the_plugin_still_hangs(
+    tmp_path, hanging, capfd
+):
+    """The thread a hung plugin holds is never handed a later call: every later message still
+    gets the other features, and the hung plugin is skipped each time."""
+    harnesses = [
+        Harness(
+            tmp_path / str(n),
+            plugins=[FeaturePlugin("before", 1), hanging, FeaturePlugin("after", 30)],
+            builtins=INFRASTRUCTURE_PLUGINS,
+            server={"plugin_timeout_seconds": 0.2},
+        )
+        for n in range(3)
+    ]
+    results = [run_pipeline(harness.plugins, harness) for harness in harnesses]
+    assert results == ["<p>hi</p>[before][after]"] * 3
+    assert capfd.readouterr().err.count('"plugin.timeout"') == 3
+    hanging.release.set()
+
+
 class Overlapping(FeaturePlugin):
     @hookimpl
     def instrument(self, doc: StagedDocument, ctx: InstrumentContext) -> None:
