@@ -49,6 +49,7 @@ CASES: list[tuple[str, str, int]] = [
     ("GET", "/v3/images?limit=%C2%B2", 400),
     ("GET", "/v3/images?limit=%D9%A1", 400),
     ("GET", "/v3/images?limit=-1", 400),
+    ("GET", "/v3/images?limit=0", 400),
     ("GET", "/v3/images?limit=501", 400),
     ("GET", "/v3/images?offset=" + "9" * 5000, 400),
     ("GET", "/v3/images?offset=1e3", 400),
@@ -83,7 +84,10 @@ async def test_malformed_ids_and_paging_get_a_4xx_json_error(tmp_path, database_
 
 # Any code point, with NUL and lone surrogates drawn often (st.text() never yields surrogates).
 ANY_TEXT = st.lists(
-    st.one_of(st.characters(), st.sampled_from(["\x00", "\ud800", "/", "..", "%"])),
+    # No "/": a path segment cannot hold one, and "//" is routing's to answer (a redirect).
+    st.one_of(
+        st.characters(exclude_characters="/"), st.sampled_from(["\x00", "\ud800", "..", "%"])
+    ),
     min_size=1,
     max_size=40,
 ).map("".join)

@@ -104,13 +104,13 @@ def _clean(filename: str | None) -> str | None:
     return name[:255] or None
 
 
-def _bounded(name: str, default: int, maximum: int) -> int:
+def _bounded(name: str, default: int, minimum: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
     # ASCII digits, and few of them: str.isdigit() accepts "²", which int() refuses.
-    if not _NUMBER.fullmatch(raw) or int(raw) > maximum:
-        raise ValueError(f"{name} must be an integer from 0 to {maximum}")
+    if not _NUMBER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        raise ValueError(f"{name} must be a whole number from {minimum} to {maximum}")
     return int(raw)
 
 
@@ -121,8 +121,8 @@ async def list_images() -> Response:
     except AuthError as exc:
         return error(exc.status, exc.message)
     try:
-        limit = max(_bounded("limit", DEFAULT_PAGE, MAX_PAGE), 1)
-        offset = _bounded("offset", 0, 2**31 - 1)
+        limit = _bounded("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        offset = _bounded("offset", 0, 0, 2**31 - 1)
     except ValueError as exc:
         return error(400, str(exc))
     rows, total = await anyio.to_thread.run_sync(library().page, tenant.id, limit, offset)
