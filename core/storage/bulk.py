@@ -3,14 +3,16 @@
 For thousands of rows, building a peewee query (one SQL node per value) costs more than the
 database's own work on them. These helpers write the statement once and let the driver run it
 over every row. On SQLite (in process, no round trips) that is ``executemany``, or a statement
-per page of rows. On PostgreSQL each column travels as one array parameter, turned back into
-rows by ``unnest``: one statement and one round trip per batch, however many rows, and the
-driver adapts the arrays in C instead of formatting each row in Python. The caller holds the
-connection and the transaction.
+per page of rows. On PostgreSQL inserts go through ``COPY`` (the cheapest way in, for client
+and server); updates and reads send each column as one array parameter, turned back into rows
+by ``unnest``: one statement and one round trip per batch, the arrays adapted by the driver in
+C. The caller holds the connection and the transaction.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -64,19 +66,44 @@ def insert_ignoring_conflicts(
     columns = ", ".join(f'"{field.column_name}"' for field in fields)
     rows = _json_values(fields, rows)
     cursor = db.cursor()  # type: ignore[no-untyped-call]
-    # Names come from the models and values are bound, never interpolated.
+    # Names come from the models and values are bound or escaped, never interpolated.
     if _is_postgres(db):
-        names = ", ".join(f"c{i}" for i in range(len(fields)))
+        # COPY into a per-session staging table, then one INSERT ... SELECT: the cheapest way
+        # in, for the client and the server, that can still skip conflicting rows.
+        staging = f"_incoming_{table}"
+        cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE "{table}")')
+        text = "".join(map(_copy_line, rows))
+        cursor.copy_expert(f'COPY "{staging}" ({columns}) FROM STDIN', io.StringIO(text))
         cursor.execute(
-            f'INSERT INTO "{table}" ({columns}) SELECT {names} '  # noqa: S608
-            f"FROM {_unnest(db, fields, names)} ON CONFLICT DO NOTHING",
-            _columns(rows, len(fields)),
+            f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM "{staging}" '  # noqa: S608
+            "ON CONFLICT DO NOTHING"
         )
+        cursor.execute(f'TRUNCATE "{staging}"')  # empty for the next call, even in this transaction
         return
     # SQLite stores JSON through json(), as peewee does.
     marks = ", ".join("json(?)" if isinstance(field, pw.JSONField) else "?" for field in fields)
     sql = f'INSERT INTO "{table}" ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING'  # noqa: S608
     cursor.executemany(sql, rows)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_value(value: Any) -> str:
+    """One field in COPY's text format (JSON values arrive already as JSON text)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, dt.datetime):
+        return value.isoformat(" ")
+    if not isinstance(value, str):
+        return str(value)
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_line(row: Sequence[Any]) -> str:
+    return "\t".join(map(_copy_value, row)) + "\n"
 
 
 def set_where_null(
