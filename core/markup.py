@@ -128,44 +128,64 @@ _ATTRIBUTES = (
     rf"(?:{_S}*+={_S}*+(?:\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z)|[^{_NOT_S}>]*+))?)*+"
     rf"[{_NOT_S}/]*+(?:>|\Z)"
 )
-_LINK_NAME = rf"(?:{_anycase('area')}|{_anycase('a')}|{_anycase('v:')}[{_NAME_CHAR}]*+)"
+_VML_NAME = rf"{_anycase('v:')}[{_NAME_CHAR}]*+"
+_LINK_NAME = rf"(?:{_anycase('area')}|{_anycase('a')}|{_VML_NAME})"
+_IMAGE_NAME = rf"(?:{_anycase('img')}|{_VML_NAME})"
 _RAW_TEXT_NAME = "|".join(_anycase(name) for name in sorted(_RAW_TEXT))
 _RAW_TEXT_ELEMENT = "|".join(
     # The closing search is case-insensitive as in ``scan_tags``.
     rf"<{_anycase(name)}(?![{_NAME_CHAR}]){_ATTRIBUTES}[^<]*+(?:<(?!(?i:/{name})[\s/>])[^<]*+)*+"
     for name in sorted(_RAW_TEXT)
 )
-# Everything ``scan_tags`` steps over or yields that is not a link-bearing start tag. The
-# commonest shapes come first; the "<!" forms keep the order ``scan_tags`` tries them in.
-# Possessive, so the C matcher never backtracks into what it has stepped over.
-_NOT_LINK = (
-    "(?:[^<]++"
-    r"|<[/?][^>]*+(?:>|\Z)"
-    rf"|<(?!(?:{_LINK_NAME}|{_RAW_TEXT_NAME})(?![{_NAME_CHAR}]))[A-Za-z][{_NAME_CHAR}]*+{_ATTRIBUTES}"
-    rf"|{_RAW_TEXT_ELEMENT}"
-    rf"|{_CONDITIONAL_OPEN.pattern.replace('<!--', '(?i:<!--', 1)})"
-    rf"|(?i:{_CONDITIONAL_MARKERS.pattern})"
-    r"|<!--[^-]*+(?:-(?!->)[^-]*+)*+(?:-->|\Z)"
-    r"|<!\[endif\][^>]*+(?:>|\Z)"
-    r"|<!\[CDATA\[[^\]]*+(?:\](?!\]>)[^\]]*+)*+(?:\]\]>|\Z)"
-    r"|<![^>]*+(?:>|\Z)"
-    r"|<(?![A-Za-z])"
-    ")*+"
-)
-_NEXT_LINK_TAG = re.compile(rf"{_NOT_LINK}(?P<tag><(?P<name>{_LINK_NAME})(?![{_NAME_CHAR}]))")
 
 
-def scan_link_tags(source: str) -> Iterator[Tag]:
-    """The ``<a>``, ``<area>`` and VML (``<v:...>``) tags of :func:`scan_tags`, found without
-    parsing the attributes of any other tag: the same tags, offsets and attributes."""
+def _next_named_tag(names: str) -> re.Pattern[str]:
+    """A pattern stepping over everything :func:`scan_tags` steps over or yields that is not a
+    start tag named by ``names`` (a regex), then matching the next such tag's opening."""
+    # The commonest shapes come first; the "<!" forms keep the order ``scan_tags`` tries them
+    # in. Possessive, so the C matcher never backtracks into what it has stepped over.
+    skipped = (
+        "(?:[^<]++"
+        r"|<[/?][^>]*+(?:>|\Z)"
+        rf"|<(?!(?:{names}|{_RAW_TEXT_NAME})(?![{_NAME_CHAR}]))[A-Za-z][{_NAME_CHAR}]*+{_ATTRIBUTES}"
+        rf"|{_RAW_TEXT_ELEMENT}"
+        rf"|{_CONDITIONAL_OPEN.pattern.replace('<!--', '(?i:<!--', 1)})"
+        rf"|(?i:{_CONDITIONAL_MARKERS.pattern})"
+        r"|<!--[^-]*+(?:-(?!->)[^-]*+)*+(?:-->|\Z)"
+        r"|<!\[endif\][^>]*+(?:>|\Z)"
+        r"|<!\[CDATA\[[^\]]*+(?:\](?!\]>)[^\]]*+)*+(?:\]\]>|\Z)"
+        r"|<![^>]*+(?:>|\Z)"
+        r"|<(?![A-Za-z])"
+        ")*+"
+    )
+    return re.compile(rf"{skipped}(?P<tag><(?P<name>{names})(?![{_NAME_CHAR}]))")
+
+
+_NEXT_LINK_TAG = _next_named_tag(_LINK_NAME)
+_NEXT_IMAGE_TAG = _next_named_tag(_IMAGE_NAME)
+
+
+def _scan_named(source: str, pattern: re.Pattern[str]) -> Iterator[Tag]:
     pos = 0
     while True:
-        match = _NEXT_LINK_TAG.match(source, pos)
+        match = pattern.match(source, pos)
         if match is None:
             return
         attributes, end = _parse_attributes(source, match.end())
         yield Tag(match.group("name").lower(), match.start("tag"), end, tuple(attributes))
         pos = end
+
+
+def scan_link_tags(source: str) -> Iterator[Tag]:
+    """The ``<a>``, ``<area>`` and VML (``<v:...>``) tags of :func:`scan_tags`, found without
+    parsing the attributes of any other tag: the same tags, offsets and attributes."""
+    return _scan_named(source, _NEXT_LINK_TAG)
+
+
+def scan_image_tags(source: str) -> Iterator[Tag]:
+    """The ``<img>`` and VML (``<v:...>``) tags of :func:`scan_tags`, found the same way as
+    :func:`scan_link_tags`: the same tags, offsets and attributes."""
+    return _scan_named(source, _NEXT_IMAGE_TAG)
 
 
 def scan_tags(source: str) -> Iterator[Tag]:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.links import links
-from core.markup import Tag, scan_link_tags, scan_tags
+from core.markup import Tag, scan_image_tags, scan_link_tags, scan_tags
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "html"
 
@@ -55,10 +55,15 @@ def link_tags_of_full_scan(source: str) -> list[Tag]:
     ]
 
 
+def image_tags_of_full_scan(source: str) -> list[Tag]:
+    return [tag for tag in scan_tags(source) if tag.name == "img" or tag.name.startswith("v:")]
+
+
 @settings(max_examples=600)
 @given(st.one_of(st.text(max_size=300), HTMLISH))
 def test_same_tags_offsets_and_attributes_as_the_full_scan(source):
     assert list(scan_link_tags(source)) == link_tags_of_full_scan(source)
+    assert list(scan_image_tags(source)) == image_tags_of_full_scan(source)
 
 
 @pytest.mark.parametrize(
@@ -84,13 +89,17 @@ def test_tricky_documents(source):
 def test_every_corpus_file_gives_the_same_link_tags():
     files = sorted(CORPUS.rglob("*.html"))
     assert len(files) > 100
-    total = 0
+    total = total_images = 0
     for path in files:
         source = path.read_bytes().decode("utf-8", errors="replace")
         found = list(scan_link_tags(source))
         assert found == link_tags_of_full_scan(source), path.name
+        images = list(scan_image_tags(source))
+        assert images == image_tags_of_full_scan(source), path.name
         total += len(found)
+        total_images += len(images)
     assert total > 800
+    assert total_images > 400
 
 
 def test_links_of_an_equal_source_are_the_same_links():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from core.markup import Attribute, scan_tags
+from core.markup import Attribute, scan_image_tags
 from plugins.image_proxy.library import IMAGE_ID
 
 SCHEME = "scaisend-image:"
@@ -39,7 +39,7 @@ def image_id_of(url: str, tracking_base_url: str) -> str | None:
 
 def references(source: str, tracking_base_url: str) -> Iterator[Reference]:
     """Every image ``src`` in ``source`` naming a library image, in document order."""
-    for tag in scan_tags(source):
+    for tag in scan_image_tags(source):
         if tag.name not in _TAGS:
             continue
         src = tag.get("src")
