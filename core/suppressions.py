@@ -21,6 +21,9 @@ from core.storage.models import NO_GROUP, Suppression
 Kind = Literal["unsubscribe", "group_unsubscribe", "bounce", "spamreport"]
 KINDS: tuple[Kind, ...] = ("unsubscribe", "group_unsubscribe", "bounce", "spamreport")
 
+MAX_GROUP_ID = 2_000_000_000
+"""The highest unsubscribe group id: both databases keep group ids as 32-bit integers."""
+
 BYPASS_FLAG: Mapping[Kind, str] = {
     "unsubscribe": "unsubscribe",
     "group_unsubscribe": "unsubscribe",

@@ -524,6 +524,12 @@ BAD_BODIES = [
         id="mail-setting-not-boolean",
     ),
     pytest.param(_set("asm", {"group_id": 0}), "asm.group_id", id="asm-group-zero"),
+    pytest.param(_set("asm", {"group_id": 10**20}), "asm.group_id", id="asm-group-huge"),
+    pytest.param(
+        _set("asm", {"group_id": 1, "groups_to_display": [2_000_000_001]}),
+        "asm.groups_to_display.0",
+        id="asm-display-group-beyond-any-id",
+    ),
 ]
 
 
@@ -581,6 +587,7 @@ async def test_a_bad_body_is_400_naming_the_field_and_nothing_is_stored(tmp_path
         pytest.param(b"", "JSON", id="empty"),
         pytest.param(json.dumps([minimal_body()]).encode(), "object", id="array"),
         pytest.param(b'"just a string"', "object", id="string"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested", id="nested-too-deeply"),
     ],
 )
 async def test_a_body_that_is_not_a_json_object_is_400(tmp_path, data, says):

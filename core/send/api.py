@@ -51,6 +51,8 @@ async def send() -> tuple[Response, int]:
         return _errors(400, FieldError(None, "the body is not UTF-8"))
     except json.JSONDecodeError as exc:
         return _errors(400, FieldError(None, f"the body is not valid JSON: {exc.msg}"))
+    except RecursionError:  # nested deeper than the parser goes: no send body is
+        return _errors(400, FieldError(None, "the body is nested too deeply"))
 
     sender = service()
     try:

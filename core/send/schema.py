@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.suppressions import MAX_GROUP_ID
+
 # Patterns end in \Z, not $: Python's $ also matches before a final newline, which would let
 # a trailing line break through into a header.
 # A pragmatic address check: one @, no spaces, angle brackets, quotes or line breaks. The
@@ -162,12 +164,12 @@ SEND_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["group_id"],
             "properties": {
-                "group_id": {"type": "integer", "minimum": 1},
+                "group_id": {"type": "integer", "minimum": 1, "maximum": MAX_GROUP_ID},
                 "groups_to_display": {
                     "type": "array",
                     "maxItems": 25,
                     "uniqueItems": True,
-                    "items": {"type": "integer", "minimum": 1},
+                    "items": {"type": "integer", "minimum": 1, "maximum": MAX_GROUP_ID},
                 },
             },
         },

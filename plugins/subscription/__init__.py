@@ -15,9 +15,10 @@ import peewee as pw
 from quart import Blueprint
 
 from core import Feature, InstrumentContext, Runtime, StagedDocument, hookimpl
+from core.suppressions import MAX_GROUP_ID
 from plugins.subscription.api import blueprint as api_blueprint
 from plugins.subscription.footer import instrument_message
-from plugins.subscription.groups import MAX_GROUP_ID, GroupStore
+from plugins.subscription.groups import GroupStore
 from plugins.subscription.models import UnsubscribeGroup
 from plugins.subscription.routes import blueprint as routes_blueprint
 

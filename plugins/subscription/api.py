@@ -18,8 +18,8 @@ from quart import Blueprint, Response, jsonify, request
 
 from core import Runtime, Tenant, current_runtime
 from core.auth import AuthError, tenant_for_request
-from core.suppressions import Kind
-from plugins.subscription.groups import MAX_GROUP_ID, Group, GroupStore, NoGroupIdLeft
+from core.suppressions import MAX_GROUP_ID, Kind
+from plugins.subscription.groups import Group, GroupStore, NoGroupIdLeft
 
 log = structlog.get_logger("scaisend.subscription")
 

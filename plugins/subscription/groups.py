@@ -9,12 +9,10 @@ from typing import Any
 import peewee as pw
 
 from core.storage.models import NO_GROUP, Suppression
+from core.suppressions import MAX_GROUP_ID
 from plugins.subscription.models import UnsubscribeGroup
 
 _CREATE_ATTEMPTS = 20
-
-MAX_GROUP_ID = 2_000_000_000
-"""Group ids run from 1 to this: they must fit the suppression table's 32-bit column."""
 
 
 class NoGroupIdLeft(Exception):

@@ -12,7 +12,8 @@ import structlog
 from core import Event, Runtime, TokenClaims
 from core.storage import Message, MessageRecipient
 from core.storage.models import NO_GROUP, Suppression
-from plugins.subscription.groups import MAX_GROUP_ID, Group, GroupStore
+from core.suppressions import MAX_GROUP_ID
+from plugins.subscription.groups import Group, GroupStore
 
 log = structlog.get_logger("scaisend.subscription")
 
