@@ -45,29 +45,53 @@ def _key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+_Answer = tuple[str | None, bool | None]
+"""What enrichment adds to one event: its recipient's address and whether it is the unique one
+(``None``: nothing to add). A tuple of plain values, which the garbage collector stops tracking:
+a cache of whole events would have every full collection walk all of them while every thread,
+the event loop's included, waits."""
+
+_NOTHING: _Answer = (None, None)
+
+
 class EventEnricher:
     """Called by every sink's thread on each batch; the work is done once per event."""
 
     def __init__(self, db: pw.Database, cache_size: int = 50_000) -> None:
         self.db = db
-        self._cache: OrderedDict[str, Event] = OrderedDict()
+        self._cache: OrderedDict[str, _Answer] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
     def __call__(self, events: Sequence[Event]) -> list[Event]:
         with self._lock:
             missing = [event for event in events if event.id not in self._cache]
-            if missing:
-                for event in self._enrich(missing):
-                    self._cache[event.id] = event
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-            return [self._cache[event.id] for event in events]
+            answers = self._answers(missing) if missing else {}
+            self._cache.update(answers)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return [
+                self._apply(
+                    event, answers[event.id] if event.id in answers else self._cache[event.id]
+                )
+                for event in events
+            ]
 
-    def _enrich(self, events: list[Event]) -> list[Event]:
+    @staticmethod
+    def _apply(event: Event, answer: _Answer) -> Event:
+        recipient, unique = answer
+        changes: dict[str, Any] = {}
+        if recipient is not None and event.recipient is None:
+            changes["recipient"] = recipient
+        if unique is not None:
+            changes["data"] = {**event.data, "unique": unique}
+        return dataclasses.replace(event, **changes) if changes else event
+
+    def _answers(self, events: list[Event]) -> dict[str, _Answer]:
         relevant = [e for e in events if e.message_id is not None and "recipient_number" in e.data]
+        answers = dict.fromkeys((event.id for event in events), _NOTHING)
         if not relevant:
-            return events
+            return answers
         # Each event's interaction key is worked out once: hashing it is the per-event cost.
         interactions = {e.id: self._interaction(e) for e in relevant if DEDUPE_KEY in e.data}
         self.db.connect(reuse_if_open=True)
@@ -77,21 +101,16 @@ class EventEnricher:
             emails = self._emails(relevant)
             firsts = self._first_interactions(relevant, interactions)
             self._record_first_opens(relevant, interactions, firsts)
-        result = []
-        for event in events:
-            if event.message_id is None or "recipient_number" not in event.data:
-                result.append(event)
-                continue
-            changes: dict[str, Any] = {}
-            if event.recipient is None:
-                email = emails.get((event.message_id, int(event.data["recipient_number"])))
-                if email is not None:
-                    changes["recipient"] = email
+        for event in relevant:
+            email = (
+                emails.get((event.message_id, int(event.data["recipient_number"])))
+                if event.recipient is None
+                else None
+            )
             interaction = interactions.get(event.id)
-            if interaction is not None:
-                changes["data"] = {**event.data, "unique": firsts.get(interaction) == event.id}
-            result.append(dataclasses.replace(event, **changes) if changes else event)
-        return result
+            unique = None if interaction is None else firsts.get(interaction) == event.id
+            answers[event.id] = (email, unique)
+        return answers
 
     @staticmethod
     def _interaction(event: Event) -> tuple[str, int, str, str]:
@@ -103,7 +122,7 @@ class EventEnricher:
             _key_hash(str(event.data[DEDUPE_KEY])),
         )
 
-    def _emails(self, events: list[Event]) -> dict[tuple[str, int], str]:
+    def _emails(self, events: list[Event]) -> dict[tuple[str | None, int], str]:
         # Only the batch's recipients are read: a message may have a million.
         wanted = sorted(
             {
