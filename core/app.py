@@ -166,7 +166,8 @@ def _install_error_handlers(app: Quart) -> None:
         log.error(
             "request.failed",
             method=request.method,
-            path=request.path,
+            # The route's pattern, not the path: tracking paths carry recipients' tokens.
+            route=request.url_rule.rule if request.url_rule is not None else None,
             error=repr(exc),
             exc_info=exc,
         )

@@ -30,6 +30,10 @@ class Broken:
         async def broken() -> str:
             raise RuntimeError("secret internal detail")
 
+        @self.blueprint.get("/broken/<token>")
+        async def broken_with_token(token: str) -> str:
+            raise RuntimeError("failed")
+
     @hookimpl
     def register_routes(self) -> Iterable[Blueprint]:
         return [self.blueprint]
@@ -67,6 +71,23 @@ async def test_unhandled_error_is_json_500_without_traceback(tmp_path):
         assert json.loads(body) == {"error": "internal server error", "request_id": "req-123"}
         assert "Traceback" not in body
         assert "secret internal detail" not in body
+
+
+async def test_a_failed_request_is_logged_by_route_never_with_the_token_in_its_path(
+    tmp_path, capfd
+):
+    token = "recipient-token-" + "x" * 20
+    async with Harness(tmp_path, plugins=[Broken()]).serving() as client:
+        response = await client.get(f"/broken/{token}")
+        assert response.status_code == 500
+    logged = capfd.readouterr()
+    failures = [
+        json.loads(line)
+        for line in (logged.out + logged.err).splitlines()
+        if '"request.failed"' in line
+    ]
+    assert [failure["route"] for failure in failures] == ["/broken/<token>"]
+    assert token not in logged.out + logged.err
 
 
 async def test_unknown_route_and_method_are_json(tmp_path):
