@@ -42,10 +42,40 @@ class InboundMessage:
 def keep(message: InboundMessage, directory: Path) -> Path:
     """Write ``message`` to ``directory`` as a new ``.eml`` (blocking), complete or not at all."""
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"{message.received_at:%Y%m%dT%H%M%S}-{secrets.token_hex(6)}.eml"
+    # Names sort in the order messages were received, which is how pruning finds the oldest.
+    name = f"{message.received_at:%Y%m%dT%H%M%S%f}-{secrets.token_hex(6)}.eml"
     draft = directory / f".{name}.part"
     with draft.open("wb") as file:
         file.write(message.as_eml())
         file.flush()
         os.fsync(file.fileno())
     return draft.replace(directory / name)
+
+
+def prune(directory: Path, max_bytes: int) -> int:
+    """Remove the oldest kept messages of ``directory`` until it holds at most ``max_bytes``
+    (blocking); the number removed. The newest message always stays, and files still being
+    written (``.part``) are neither counted nor touched."""
+    kept: list[tuple[str, int]] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.endswith(".eml"):
+            continue
+        try:
+            size = entry.stat().st_size
+        except FileNotFoundError:  # removed meanwhile by a concurrent prune
+            continue
+        kept.append((entry.name, size))
+    kept.sort()
+    total = sum(size for _, size in kept)
+    removed = 0
+    for name, size in kept[:-1]:
+        if total <= max_bytes:
+            break
+        (directory / name).unlink(missing_ok=True)
+        total -= size
+        removed += 1
+    return removed

@@ -76,6 +76,19 @@ CORE_SERVER_PROPERTIES: dict[str, Any] = {
             },
             "max_message_bytes": {"type": "integer", "minimum": 1024, "default": 10 * 1024 * 1024},
             "max_recipients": {"type": "integer", "minimum": 1, "default": 100},
+            "max_sessions": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 50,
+                "description": "SMTP sessions open at once; one more is answered 421 and closed",
+            },
+            "max_kept_bytes": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 1024**3,
+                "description": "bytes kept in each of inbound/unclaimed and inbound/unattributed; "
+                "the oldest messages beyond it are removed (the newest always stays)",
+            },
             "tls": {
                 "type": "object",
                 "additionalProperties": False,

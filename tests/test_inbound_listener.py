@@ -7,6 +7,7 @@ import datetime as dt
 import email
 import ipaddress
 import smtplib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,11 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from core.app import INBOUND
 from core.config import ConfigError
 from core.hookspecs import hookimpl
-from core.inbound import InboundMessage
+from core.inbound import UNATTRIBUTED_DIR, UNCLAIMED_DIR, InboundMessage, keep, prune
 from core.plugins import SINK_PLUGINS, TRANSPORT_PLUGINS
 from core.runtime import Runtime
 from core.testing import Harness, base_document
@@ -486,3 +488,121 @@ def test_scaisend_serve_runs_the_listener_on_the_configured_address(tmp_path):
     assert server.process.returncode == 0
     with pytest.raises(ConnectionRefusedError):
         _client(smtp_port)
+
+
+def _open_session(port: int) -> tuple[socket.socket, bytes]:
+    """A raw connection and the first line the listener sends on it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock, sock.makefile("rb").readline()
+
+
+def _rest(sock: socket.socket) -> bytes:
+    """Everything the listener sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def _quit(sock: socket.socket) -> bytes:
+    """End a session and wait for the listener to close it, which frees its place."""
+    sock.sendall(b"QUIT\r\n")
+    with sock:
+        return _rest(sock)
+
+
+@pytest.mark.anyio
+async def test_sessions_beyond_the_limit_get_421_and_a_closed_session_frees_its_place(tmp_path):
+    def scenario() -> None:
+        held = [_open_session(port) for _ in range(3)]
+        assert all(greeting.startswith(b"220 ") for _, greeting in held)
+
+        extra, refusal = _open_session(port)
+        with extra:
+            assert refusal.startswith(b"421 4.7.0 ")
+            extra.sendall(b"EHLO client.example.test\r\n")
+            try:
+                unanswered = _rest(extra)
+            except ConnectionResetError:  # closed with the command unread
+                unanswered = b""
+            assert unanswered == b""
+
+        assert _quit(held[0][0]).startswith(b"221")
+        again, greeting = _open_session(port)
+        assert greeting.startswith(b"220 ")
+        refused, refusal = _open_session(port)  # the freed place is taken again
+        with refused:
+            assert refusal.startswith(b"421 4.7.0 ")
+
+        for sock in [again] + [sock for sock, _ in held[1:]]:
+            _quit(sock)
+        assert _send(port, [f"b@{BOUNCES}"]) == {}
+
+    recorder = Recorder()
+    harness = _harness(tmp_path, recorder, max_sessions=3)
+    async with listening(harness) as port:
+        await in_thread(scenario)
+    assert [message.data for message in recorder.messages] == [REPORT]
+
+
+def _kept_at(directory: Path, second: int, data: bytes = REPORT) -> Path:
+    received_at = dt.datetime(2026, 1, 1, 0, 0, second, tzinfo=dt.UTC)
+    return keep(InboundMessage("", (f"b@{BOUNCES}",), data, received_at=received_at), directory)
+
+
+def test_pruning_removes_the_oldest_messages_never_the_newest_nor_one_being_written(tmp_path):
+    # Kept out of order, so the order of writing says nothing about which is oldest.
+    paths = {second: _kept_at(tmp_path, second) for second in (3, 1, 4, 2)}
+    size = paths[1].stat().st_size
+    writing = tmp_path / ".20260101T000005000000-abc.eml.part"
+    writing.write_bytes(b"x" * size * 10)
+
+    assert prune(tmp_path, 2 * size + 1) == 2
+    assert sorted(tmp_path.glob("*.eml")) == [paths[3], paths[4]]
+    assert prune(tmp_path, 2 * size) == 0
+    assert prune(tmp_path, 0) == 1
+    assert sorted(tmp_path.glob("*.eml")) == [paths[4]]
+    assert writing.exists()
+    assert prune(tmp_path / "missing", 0) == 0
+
+
+class KeepsUnattributed:
+    """Files every message as a report naming nothing sent, as the DSN plugin does."""
+
+    @hookimpl
+    def handle_inbound_mail(self, message: InboundMessage, runtime: Runtime) -> Any:
+        keep(message, runtime.config.data_dir / UNATTRIBUTED_DIR)
+        return "unattributed"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("plugin", "folder"),
+    [(Recorder(outcome=None), UNCLAIMED_DIR), (KeepsUnattributed(), UNATTRIBUTED_DIR)],
+)
+async def test_kept_messages_beyond_the_cap_are_pruned_oldest_first(tmp_path, plugin, folder):
+    reports = [REPORT + f"report {n}\r\n".encode() for n in range(5)]
+    size = len(InboundMessage("", (f"b@{BOUNCES}",), reports[0]).as_eml())
+    harness = _harness(tmp_path, plugin, max_kept_bytes=2 * size)
+
+    def session() -> None:
+        with _client(port) as client:
+            for report in reports:
+                assert client.sendmail("", [f"b@{BOUNCES}"], report) == {}
+
+    with capture_logs() as logs:
+        async with listening(harness) as port:
+            await in_thread(session)
+    kept = sorted((harness.config.data_dir / folder).iterdir())
+    assert [path.read_bytes().split(b"\r\n", 2)[2] for path in kept] == reports[-2:]
+    assert kept[0].read_bytes().startswith(b"Return-Path: <>\r\n")  # the null sender
+    pruned = [entry for entry in logs if entry["event"] == "inbound.pruned"]
+    assert sum(entry["removed"] for entry in pruned) == 3
+    assert {entry["directory"] for entry in pruned} == {str(harness.config.data_dir / folder)}
+
+
+def test_session_and_kept_bytes_limits_are_validated(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        _harness(tmp_path, max_sessions=0, max_kept_bytes=-1)
+    paths = {problem.path for problem in error.value.problems}
+    assert {"server.smtp.max_sessions", "server.smtp.max_kept_bytes"} <= paths
