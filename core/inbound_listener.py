@@ -141,11 +141,11 @@ class Pruner:
                 continue
             if self._listed_at.get(directory) == changed_at:
                 continue
+            removed = prune(directory, self.max_bytes)
             # Modification times come from a coarse clock: a file added in the same tick as the
             # one just listed would leave the time unchanged, so a recent time is not trusted.
             if started_at - changed_at > _CLOCK_TICK_NS:
                 self._listed_at[directory] = changed_at
-            removed = prune(directory, self.max_bytes)
             if removed:
                 log.info(
                     "inbound.pruned",
@@ -158,7 +158,7 @@ class Pruner:
 class Dispatcher:
     """Hands a received message to the plugins and decides the reply to ``DATA``."""
 
-    def __init__(self, runtime: Runtime, max_kept_bytes: int = DEFAULT_MAX_KEPT_BYTES) -> None:
+    def __init__(self, runtime: Runtime, max_kept_bytes: int) -> None:
         self.runtime = runtime
         self.pruner = Pruner(runtime.config.data_dir, max_kept_bytes)
 
