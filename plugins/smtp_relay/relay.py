@@ -27,7 +27,7 @@ import aiosmtplib
 import anyio
 import structlog
 
-from core.transports import DeliveryResult, OutgoingMessage
+from core.transports import DeliveryResult, Outcome, OutgoingMessage
 
 log = structlog.get_logger("scaisend.smtp")
 
@@ -154,9 +154,13 @@ class SmtpRelayTransport:
                 if isinstance(outcome, _Failure):
                     last[index] = outcome
                     if outcome.permanent:
-                        results[index] = self._failed(message, outcome, attempts[index])
+                        results[index] = self._result(
+                            "failed", message, outcome.code, outcome.detail, attempts[index]
+                        )
                 else:
-                    results[index] = self._delivered(message, outcome, attempts[index])
+                    results[index] = self._result(
+                        "delivered", message, outcome.code, outcome.message, attempts[index]
+                    )
 
             async with anyio.create_task_group() as group:
                 for index in pending:
@@ -165,51 +169,33 @@ class SmtpRelayTransport:
             if not pending:
                 break
         for index in pending:
-            results[index] = self._deferred(messages[index], last[index], attempts[index])
+            failure = last[index]
+            results[index] = self._result(
+                "deferred", messages[index], failure.code, failure.detail, attempts[index]
+            )
         return [result for result in results if result is not None]
 
-    def _delivered(
-        self, message: OutgoingMessage, reply: aiosmtplib.SMTPResponse, attempts: int
+    def _result(
+        self,
+        outcome: Outcome,
+        message: OutgoingMessage,
+        code: int | None,
+        detail: str,
+        attempts: int,
     ) -> DeliveryResult:
-        log.info(
-            "smtp.delivered",
+        """The result of a copy, logged as ``smtp.<outcome>`` (a warning unless delivered)."""
+        emit = log.info if outcome == "delivered" else log.warning
+        emit(
+            f"smtp.{outcome}",
             relay=self.settings.relay,
             tenant=message.tenant,
             message_id=message.message_id,
             recipient=message.recipient,
-            smtp_code=reply.code,
-            response=reply.message,
+            smtp_code=code,
+            response=detail,
             attempts=attempts,
         )
-        return DeliveryResult("delivered", reply.message, reply.code, attempts)
-
-    def _failed(self, message: OutgoingMessage, failure: _Failure, attempts: int) -> DeliveryResult:
-        log.warning(
-            "smtp.failed",
-            relay=self.settings.relay,
-            tenant=message.tenant,
-            message_id=message.message_id,
-            recipient=message.recipient,
-            smtp_code=failure.code,
-            response=failure.detail,
-            attempts=attempts,
-        )
-        return DeliveryResult("failed", failure.detail, failure.code, attempts)
-
-    def _deferred(
-        self, message: OutgoingMessage, failure: _Failure, attempts: int
-    ) -> DeliveryResult:
-        log.warning(
-            "smtp.deferred",
-            relay=self.settings.relay,
-            tenant=message.tenant,
-            message_id=message.message_id,
-            recipient=message.recipient,
-            smtp_code=failure.code,
-            response=failure.detail,
-            attempts=attempts,
-        )
-        return DeliveryResult("deferred", failure.detail, failure.code, attempts)
+        return DeliveryResult(outcome, detail, code, attempts)
 
     async def _attempt(
         self, message: OutgoingMessage, current: _Round
