@@ -16,7 +16,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from playhouse.pool import PooledDatabase
 
 from core import hookimpl
 from core.config import SigningKey
@@ -29,6 +28,7 @@ from sinks.database import DatabaseSink
 from tests.conftest import postgres_url
 from tests.postgres import fresh_database
 from tests.serving import ScaisendServer, wait_for
+from tests.test_storage import close
 
 DEADLINE_SECONDS = 60.0
 
@@ -40,13 +40,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         with fresh_database(postgres_url()) as url:
             yield url
-
-
-def close(db: pw.Database) -> None:
-    if isinstance(db, PooledDatabase):
-        db.close_all()
-    elif not db.is_closed():
-        db.close()
 
 
 def stored_events(database_url: str, event_type: str) -> list[EventRecord]:
