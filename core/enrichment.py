@@ -27,7 +27,7 @@ import peewee as pw
 
 from core.events import Event
 from core.storage import FirstInteraction, MessageRecipient
-from core.storage.bulk import insert_ignoring_conflicts, select_matching, set_where_null
+from core.storage.bulk import SetFromInserted, insert_new, select_matching, set_where_null
 
 DEDUPE_KEY = "dedupe_key"
 
@@ -39,6 +39,15 @@ _INTERACTION_FIELDS = (
     FirstInteraction.event_id,
     FirstInteraction.at,
 )
+
+_FIRST_OPEN = SetFromInserted(
+    target=MessageRecipient.first_open_at,
+    keys=(MessageRecipient.message, MessageRecipient.number),
+    sources=(FirstInteraction.message_id, FirstInteraction.recipient_number),
+    value=FirstInteraction.at,
+    when=(FirstInteraction.kind, "open"),
+)
+"""Each open that is the first for its recipient sets the recipient's first-open time."""
 
 
 def _key_hash(key: str) -> str:
@@ -100,7 +109,6 @@ class EventEnricher:
         with self.db.atomic():
             emails = self._emails(relevant)
             firsts = self._first_interactions(relevant, interactions)
-            self._record_first_opens(relevant, interactions, firsts)
         for event in relevant:
             email = (
                 emails.get((event.message_id, int(event.data["recipient_number"])))
@@ -149,39 +157,44 @@ class EventEnricher:
             interaction = interactions.get(event.id)
             if interaction is not None:
                 rows.setdefault(interaction, event)
-        insert_ignoring_conflicts(
+        # One statement claims the keys no event claimed before and sets the first-open time of
+        # each open that claims one; only the keys already claimed are read back.
+        claimed = insert_new(
             self.db,
             _INTERACTION_FIELDS,
             [(*key, event.id, event.timestamp.replace(tzinfo=None)) for key, event in rows.items()],
-        )
-        # Read back only the batch's keys: whichever event owns each, this one or an earlier.
-        stored = select_matching(
-            self.db,
             _INTERACTION_FIELDS[:5],
-            _INTERACTION_FIELDS[:4],
-            sorted(rows),
+            then=_FIRST_OPEN,
         )
-        return {
+        firsts = {
             (message, number, kind, key_hash): event_id
-            for message, number, kind, key_hash, event_id in stored
+            for message, number, kind, key_hash, event_id in claimed
         }
+        earlier = {key for key in rows if key not in firsts}
+        stored = select_matching(
+            self.db, _INTERACTION_FIELDS[:5], _INTERACTION_FIELDS[:4], sorted(earlier)
+        )
+        for message, number, kind, key_hash, event_id in stored:
+            firsts[(message, number, kind, key_hash)] = event_id
+        # An open processed again owns its key from before; its first-open time was set then,
+        # unless its recipient was stored only since.
+        self._record_first_opens(
+            [event for key, event in rows.items() if key in earlier and firsts.get(key) == event.id]
+        )
+        return firsts
 
-    def _record_first_opens(
-        self,
-        events: list[Event],
-        interactions: dict[str, tuple[str, int, str, str]],
-        firsts: dict[tuple[str, int, str, str], str],
-    ) -> None:
-        first_opens = {
-            (event.message_id, event.data["recipient_number"]): event.timestamp.replace(tzinfo=None)
-            for event in events
-            if event.type == "open"
-            and event.id in interactions
-            and firsts.get(interactions[event.id]) == event.id
-        }
+    def _record_first_opens(self, owners: list[Event]) -> None:
         set_where_null(
             self.db,
             MessageRecipient.first_open_at,
             (MessageRecipient.message, MessageRecipient.number),
-            [(at, message, number) for (message, number), at in first_opens.items()],
+            [
+                (
+                    event.timestamp.replace(tzinfo=None),
+                    event.message_id,
+                    event.data["recipient_number"],
+                )
+                for event in owners
+                if event.type == "open"
+            ],
         )

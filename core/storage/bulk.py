@@ -11,6 +11,7 @@ C. The caller holds the connection and the transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -84,6 +85,101 @@ def insert_ignoring_conflicts(
     marks = ", ".join("json(?)" if isinstance(field, pw.JSONField) else "?" for field in fields)
     sql = f'INSERT INTO "{table}" ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING'  # noqa: S608
     cursor.executemany(sql, rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class SetFromInserted:
+    """Part of an insert: on the stored rows of ``target``'s table whose ``keys`` equal an
+    inserted row's ``sources``, set ``target`` to that row's ``value`` unless already set; only
+    for inserted rows whose ``when[0]`` equals ``when[1]``, each naming a distinct target row."""
+
+    target: pw.Field
+    keys: tuple[pw.Field, ...]
+    sources: tuple[pw.Field, ...]
+    value: pw.Field
+    when: tuple[pw.Field, Any]
+
+
+def insert_new(
+    db: pw.Database,
+    fields: Sequence[pw.Field],
+    rows: Sequence[Sequence[Any]],
+    returning: Sequence[pw.Field],
+    then: SetFromInserted | None = None,
+) -> list[tuple[Any, ...]]:
+    """``INSERT`` ``rows`` (one value per field, in order, no JSON fields), skipping each that
+    conflicts with a row already stored, and answer the ``returning`` fields of the rows this
+    call inserted. ``then`` is done with the insert. On PostgreSQL all of it is one statement
+    and one round trip: the insert, ``then``'s update on what it inserted, and the answer."""
+    if not rows:
+        return []
+    table = fields[0].model._meta.table_name
+    names = [f'"{field.column_name}"' for field in fields]
+    columns = ", ".join(names)
+    picks = [_position(fields, field) for field in returning]
+    cursor = db.cursor()  # type: ignore[no-untyped-call]
+    # Names come from the models and values are bound, never interpolated.
+    if _is_postgres(db):
+        update, parameters = "", _columns(rows, len(fields))
+        if then is not None:
+            update = _update_from_inserted(then) + " "
+            parameters.append(then.when[1])
+        cursor.execute(
+            f'WITH ins AS (INSERT INTO "{table}" ({columns}) '  # noqa: S608
+            f"SELECT * FROM {_unnest(db, fields, columns)} ON CONFLICT DO NOTHING "
+            f"RETURNING {', '.join(names[i] for i in picks)}{_also_returned(fields, then)}) "
+            f"{update}SELECT {', '.join(names[i] for i in picks)} FROM ins",
+            parameters,
+        )
+        return [tuple(row) for row in cursor.fetchall()]
+    marks = ", ".join("?" * len(fields))
+    sql = f'INSERT INTO "{table}" ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING'  # noqa: S608
+    inserted = []
+    for row in rows:
+        cursor.execute(sql, row)
+        if cursor.rowcount:
+            inserted.append(row)
+    if then is not None:
+        value, when = _position(fields, then.value), _position(fields, then.when[0])
+        sources = [_position(fields, field) for field in then.sources]
+        set_where_null(
+            db,
+            then.target,
+            then.keys,
+            [
+                (row[value], *(row[i] for i in sources))
+                for row in inserted
+                if row[when] == then.when[1]
+            ],
+        )
+    return [tuple(row[i] for i in picks) for row in inserted]
+
+
+def _position(fields: Sequence[pw.Field], field: pw.Field) -> int:
+    # By identity: a field's ``==`` builds an SQL expression.
+    return next(i for i, candidate in enumerate(fields) if candidate is field)
+
+
+def _also_returned(fields: Sequence[pw.Field], then: SetFromInserted | None) -> str:
+    """The columns ``then`` reads from the inserted rows, returned by the insert for it."""
+    if then is None:
+        return ""
+    needed = (then.value, *then.sources, then.when[0])
+    return "".join(f', "{field.column_name}" AS "_{i}"' for i, field in enumerate(needed))
+
+
+def _update_from_inserted(then: SetFromInserted) -> str:
+    """``then`` as a data-modifying ``WITH`` item over ``ins`` (the names ``_also_returned``
+    gives), its ``when`` value the statement's last parameter."""
+    table = then.target.model._meta.table_name
+    column = then.target.column_name
+    match = " AND ".join(
+        f't."{key.column_name}" = ins."_{i + 1}"' for i, key in enumerate(then.keys)
+    )
+    return (
+        f', upd AS (UPDATE "{table}" AS t SET "{column}" = ins."_0" FROM ins '  # noqa: S608
+        f'WHERE {match} AND t."{column}" IS NULL AND ins."_{len(then.keys) + 1}" = %s)'
+    )
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
