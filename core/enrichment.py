@@ -2,7 +2,8 @@
 
 Tracking routes answer without touching the database, so the event they journal says which
 recipient *number* of which message it concerns, nothing more. Before any sink sees it, this
-step adds, in one transaction per batch:
+step adds, in one transaction per batch (on PostgreSQL a large batch takes two at once, for
+recipients that do not overlap):
 
 - ``recipient``: the address that number stands for;
 - ``data.unique``: for events that carry ``data.dedupe_key`` (opens: ``""``; clicks: the URL),
@@ -21,6 +22,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import peewee as pw
@@ -62,6 +64,9 @@ the event loop's included, waits."""
 
 _NOTHING: _Answer = (None, None)
 
+_PARALLEL_FROM = 1_000
+"""Events from which a batch on PostgreSQL is split in two transactions run at once."""
+
 
 class EventEnricher:
     """Called by every sink's thread on each batch; the work is done once per event."""
@@ -71,6 +76,7 @@ class EventEnricher:
         self._cache: OrderedDict[str, _Answer] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="enrich")
 
     def __call__(self, events: Sequence[Event]) -> list[Event]:
         with self._lock:
@@ -99,8 +105,27 @@ class EventEnricher:
     def _answers(self, events: list[Event]) -> dict[str, _Answer]:
         relevant = [e for e in events if e.message_id is not None and "recipient_number" in e.data]
         answers = dict.fromkeys((event.id for event in events), _NOTHING)
-        if not relevant:
+        if len(relevant) < _PARALLEL_FROM or not isinstance(self.db, pw.PostgresqlDatabase):
+            answers.update(self._answers_in_one_transaction(relevant))
             return answers
+        # The database server's work dominates: halves that share no recipient (so no row and
+        # no first interaction) go in two transactions on two connections at once.
+        halves: tuple[list[Event], list[Event]] = ([], [])
+        for event in relevant:
+            halves[hash((event.message_id, event.data["recipient_number"])) & 1].append(event)
+        for half in self._workers.map(self._answers_on_a_pooled_connection, halves):
+            answers.update(half)
+        return answers
+
+    def _answers_on_a_pooled_connection(self, events: list[Event]) -> dict[str, _Answer]:
+        try:
+            return self._answers_in_one_transaction(events)
+        finally:
+            self.db.close()  # back to the pool: an idle worker holds no connection
+
+    def _answers_in_one_transaction(self, relevant: list[Event]) -> dict[str, _Answer]:
+        if not relevant:
+            return {}
         # Each event's interaction key is worked out once: hashing it is the per-event cost.
         interactions = {e.id: self._interaction(e) for e in relevant if DEDUPE_KEY in e.data}
         self.db.connect(reuse_if_open=True)
@@ -109,6 +134,7 @@ class EventEnricher:
         with self.db.atomic():
             emails = self._emails(relevant)
             firsts = self._first_interactions(relevant, interactions)
+        answers: dict[str, _Answer] = {}
         for event in relevant:
             email = (
                 emails.get((event.message_id, int(event.data["recipient_number"])))

@@ -20,6 +20,8 @@ from typing import Any
 
 import peewee as pw
 
+_UNIQUE_VIOLATION = "23505"
+
 
 def _is_postgres(db: pw.Database) -> bool:
     return isinstance(db, pw.PostgresqlDatabase)
@@ -69,11 +71,20 @@ def insert_ignoring_conflicts(
     cursor = db.cursor()  # type: ignore[no-untyped-call]
     # Names come from the models and values are bound or escaped, never interpolated.
     if _is_postgres(db):
+        text = "".join(map(_copy_line, rows))
+        # Rows are almost never stored already (only a batch delivered again is): COPY them
+        # straight in, and only if one conflicts undo that and go the long way round.
+        try:
+            with db.atomic():
+                cursor.copy_expert(f'COPY "{table}" ({columns}) FROM STDIN', io.StringIO(text))
+            return
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) != _UNIQUE_VIOLATION:
+                raise
         # COPY into a per-session staging table, then one INSERT ... SELECT: the cheapest way
         # in, for the client and the server, that can still skip conflicting rows.
         staging = f"_incoming_{table}"
         cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE "{table}")')
-        text = "".join(map(_copy_line, rows))
         cursor.copy_expert(f'COPY "{staging}" ({columns}) FROM STDIN', io.StringIO(text))
         cursor.execute(
             f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM "{staging}" '  # noqa: S608

@@ -1,0 +1,102 @@
+"""Enrichment of batches as large as the bus delivers under load, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from core.enrichment import EventEnricher
+from core.events import Event
+from core.storage import FirstInteraction, Message, MessageRecipient
+from core.testing import Harness
+from tests.conftest import postgres_url
+from tests.postgres import fresh_database
+
+MESSAGES = 300
+RECIPIENTS = 4
+START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
+    if request.param == "sqlite":
+        runtime = Harness(tmp_path, database_url=f"sqlite:///{tmp_path / 'db'}").open_runtime()
+        try:
+            yield runtime.db
+        finally:
+            runtime.close()
+        return
+    with fresh_database(postgres_url()) as url:
+        runtime = Harness(tmp_path, database_url=url).open_runtime()
+        try:
+            yield runtime.db
+        finally:
+            runtime.close()
+
+
+def address(message: int, number: int) -> str:
+    return f"r{number}@m{message}.example"
+
+
+def recipients_stored(db: pw.Database) -> None:
+    with db.connection_context(), db.atomic():
+        Message.insert_many([{"id": f"m{m}", "tenant": "acme"} for m in range(MESSAGES)]).execute()
+        MessageRecipient.insert_many(
+            [
+                {"message": f"m{m}", "number": n, "email": address(m, n)}
+                for m in range(MESSAGES)
+                for n in range(RECIPIENTS)
+            ]
+        ).execute()
+
+
+def opens(round_: int) -> list[Event]:
+    """One open per recipient, each a second later than the same recipient's previous round."""
+    return [
+        Event(
+            type="open",
+            tenant="acme",
+            message_id=f"m{m}",
+            timestamp=START + dt.timedelta(seconds=round_, milliseconds=m * RECIPIENTS + n),
+            data={"recipient_number": n, "dedupe_key": ""},
+        )
+        for m in range(MESSAGES)
+        for n in range(RECIPIENTS)
+    ]
+
+
+def test_a_large_batch_gets_addresses_unique_opens_and_first_open_times(database):
+    recipients_stored(database)
+    first, second, third = opens(0), opens(1), opens(2)
+    batch = second + first  # repeats arrive in the same batch, listed before the first opens
+
+    enriched = EventEnricher(database)(batch)
+
+    assert [event.recipient for event in enriched] == [
+        address(m, n) for _ in range(2) for m in range(MESSAGES) for n in range(RECIPIENTS)
+    ]
+    unique = {event.id: event.data["unique"] for event in enriched}
+    assert all(unique[event.id] for event in first)
+    assert not any(unique[event.id] for event in second)
+    with database.connection_context():
+        stored = {
+            (row.message_id, row.number): row.first_open_at for row in MessageRecipient.select()
+        }
+        assert FirstInteraction.select().count() == MESSAGES * RECIPIENTS
+    assert stored == {
+        (event.message_id, event.data["recipient_number"]): event.timestamp.replace(tzinfo=None)
+        for event in first
+    }
+
+    # Another process (no cache) given the same batch again, then a later one, agrees.
+    again = EventEnricher(database)
+    assert [e.data["unique"] for e in again(batch)] == [e.data["unique"] for e in enriched]
+    assert not any(event.data["unique"] for event in again(third))
+    with database.connection_context():
+        assert {
+            (row.message_id, row.number): row.first_open_at for row in MessageRecipient.select()
+        } == stored
