@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import peewee as pw
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.storage import FirstInteraction
 from core.storage.bulk import insert_ignoring_conflicts, select_matching
-from core.testing import Harness
-from tests.conftest import postgres_url
-from tests.postgres import fresh_database
 
 KEYS = (
     FirstInteraction.message_id,
@@ -23,24 +16,6 @@ KEYS = (
     FirstInteraction.key_hash,
 )
 FIELDS = (*KEYS, FirstInteraction.event_id, FirstInteraction.at)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'scaisend.db'}"
-        runtime = Harness(tmp_path, database_url=url).open_runtime()
-        try:
-            yield runtime.db
-        finally:
-            runtime.close()
-        return
-    with fresh_database(postgres_url()) as url:
-        runtime = Harness(tmp_path, database_url=url).open_runtime()
-        try:
-            yield runtime.db
-        finally:
-            runtime.close()
 
 
 def stored(database: pw.Database, keys: list[tuple[str, int, str, str]]) -> None:

@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
 import peewee as pw
-import pytest
 
 from core.enrichment import EventEnricher
 from core.events import Event
 from core.storage import FirstInteraction, Message, MessageRecipient
-from core.testing import Harness
-from tests.conftest import postgres_url
-from tests.postgres import fresh_database
 
 MESSAGES = 300
 RECIPIENTS = 4
 START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    if request.param == "sqlite":
-        runtime = Harness(tmp_path, database_url=f"sqlite:///{tmp_path / 'db'}").open_runtime()
-        try:
-            yield runtime.db
-        finally:
-            runtime.close()
-        return
-    with fresh_database(postgres_url()) as url:
-        runtime = Harness(tmp_path, database_url=url).open_runtime()
-        try:
-            yield runtime.db
-        finally:
-            runtime.close()
 
 
 def address(message: int, number: int) -> str:

@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import re
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from types import SimpleNamespace
 from urllib.parse import unquote
@@ -596,28 +597,19 @@ async def test_one_click_with_a_bad_token_is_400(tmp_path):
     assert suppressions(harness) == set()
 
 
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_concurrent_unsubscribes_of_one_address_record_one(tmp_path, backend):
-    if backend == "sqlite":
-        await _concurrent_unsubscribes(tmp_path, None)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """``None`` for the harness's own SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
     else:
         with fresh_database(postgres_url()) as url:
-            await _concurrent_unsubscribes(tmp_path, url)
+            yield url
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_send_naming_a_group_id_no_group_can_have_still_unsubscribes(tmp_path, backend):
-    if backend == "sqlite":
-        await _group_id_out_of_range(tmp_path, None)
-    else:
-        with fresh_database(postgres_url()) as url:
-            await _group_id_out_of_range(tmp_path, url)
-
-
-async def _group_id_out_of_range(tmp_path, database_url: str | None) -> None:
+async def test_a_send_naming_a_group_id_no_group_can_have_still_unsubscribes(
+    tmp_path, database_url
+):
     # Beyond any group's id, and beyond PostgreSQL's integer: no group list can hold it. The
     # send API refuses such an id now; a message recorded before it did may still carry one.
     group_id = 3_000_000_000
@@ -644,7 +636,7 @@ async def _group_id_out_of_range(tmp_path, database_url: str | None) -> None:
     assert listed == {("acme", "unsubscribe", "ann.reader@example.com", NO_GROUP)}
 
 
-async def _concurrent_unsubscribes(tmp_path, database_url: str | None) -> None:
+async def test_concurrent_unsubscribes_of_one_address_record_one(tmp_path, database_url):
     harness = make_harness(tmp_path, database_url=database_url)
     async with harness.serving() as client:
         # Two copies to one address (two sends): both tokens name the same person.
@@ -962,16 +954,7 @@ async def test_bounce_and_spam_lists_page_and_delete(tmp_path, path, kind):
     assert ("globex", kind, "other@example.com", 0) in suppressions(harness)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_concurrent_group_creations_get_distinct_ids(tmp_path, backend):
-    if backend == "sqlite":
-        await _concurrent_creations(tmp_path, None)
-    else:
-        with fresh_database(postgres_url()) as url:
-            await _concurrent_creations(tmp_path, url)
-
-
-async def _concurrent_creations(tmp_path, database_url: str | None) -> None:
+async def test_concurrent_group_creations_get_distinct_ids(tmp_path, database_url):
     harness = make_harness(tmp_path, database_url=database_url, plugin={})
     async with harness.serving() as client:
         responses = await asyncio.gather(
