@@ -5,8 +5,18 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from quart import request
+
+from core.events import Event
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+    from core.tokens import TokenClaims
+
+log = structlog.get_logger("scaisend.http")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,3 +65,28 @@ def visitor(trusted_proxies: tuple[str, ...]) -> dict[str, str | None]:
             request.remote_addr, request.headers.get("X-Forwarded-For"), trusted_proxies
         ),
     }
+
+
+def record_hit(
+    runtime: Runtime, kind: str, claims: TokenClaims, *, dedupe_key: str, **data: Any
+) -> None:
+    """Journal the event a recipient's request causes (``open``, ``click``...), with the
+    recipient's number, ``dedupe_key`` (what makes a repeat: one unique ``kind`` per recipient
+    and key), ``data`` and the visitor. A journal that cannot be written is logged, never
+    raised: the recipient still gets the pixel, the redirect or the image."""
+    try:
+        runtime.emit(
+            Event(
+                type=kind,
+                tenant=claims.tenant,
+                message_id=claims.message_id,
+                data={
+                    "recipient_number": claims.recipient,
+                    "dedupe_key": dedupe_key,
+                    **data,
+                    **visitor(runtime.config.trusted_proxies),
+                },
+            )
+        )
+    except OSError as exc:
+        log.error("hit.not_recorded", kind=kind, message_id=claims.message_id, error=repr(exc))

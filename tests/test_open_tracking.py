@@ -5,9 +5,11 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -225,3 +227,38 @@ def test_readme_server_sends_and_records_an_open(tmp_path):
     assert [(e["type"], e["message_id"]) for e in lines if e["type"] == "open"] == [
         ("open", message_id)
     ]
+
+
+@pytest.mark.anyio
+async def test_a_full_disk_costs_the_event_never_the_pixel_or_the_redirect(tmp_path, capfd):
+    """When the journal cannot be written (here: every write fails as on a full disk), the
+    recipient still gets the pixel and the redirect, and the operator sees why."""
+    harness = Harness(tmp_path)
+    async with harness.serving() as client:
+        runtime = harness.runtime
+        token = runtime.tokens.issue("acme", "f" * 32, 0)
+        target = "https://example.com/offer"
+        binding = runtime.tokens.bind("f" * 32, target)
+        journal = runtime.bus.journal
+        kept = os.dup(journal._fd)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, journal._fd)
+        try:
+            pixel = await client.get(f"/t/o/{token}.gif")
+            click = await client.get(f"/t/c/{token}?u={quote(target, safe='')}&s={binding}")
+        finally:
+            os.dup2(kept, journal._fd)
+            os.close(kept)
+            os.close(full)
+    assert pixel.status_code == 200
+    assert await pixel.get_data() == PIXEL
+    assert click.status_code == 302
+    assert click.headers["Location"] == target
+    logged = capfd.readouterr()
+    failures = [
+        json.loads(line)
+        for line in (logged.out + logged.err).splitlines()
+        if '"hit.not_recorded"' in line
+    ]
+    assert sorted(failure["kind"] for failure in failures) == ["click", "open"]
+    assert all("No space left" in failure["error"] for failure in failures)

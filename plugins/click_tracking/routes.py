@@ -7,15 +7,12 @@ author wrote into that message (no open redirect) and needs no database to decid
 
 from __future__ import annotations
 
-import structlog
 from quart import Blueprint, Response, jsonify, request
 from werkzeug.urls import iri_to_uri
 
-from core import Event, current_runtime
-from core.http import visitor
+from core import current_runtime
+from core.http import record_hit
 from core.links import is_http
-
-log = structlog.get_logger("scaisend.click_tracking")
 
 blueprint = Blueprint("click_tracking", __name__)
 
@@ -40,23 +37,14 @@ async def click(token: str) -> Response:
         return _refuse(400, "destination does not belong to this message")
     if not is_http(target):
         return _refuse(400, "destination is not an http(s) URL")
-    try:
-        runtime.emit(
-            Event(
-                type="click",
-                tenant=claims.tenant,
-                message_id=claims.message_id,
-                data={
-                    "recipient_number": claims.recipient,
-                    "url": target,
-                    "dedupe_key": target,  # one unique click per recipient and URL
-                    **visitor(runtime.config.trusted_proxies),
-                    "referer": request.headers.get("Referer"),
-                },
-            )
-        )
-    except OSError as exc:
-        # The recipient still gets where they were going; the operator sees the failure.
-        log.error("click.not_recorded", message_id=claims.message_id, error=repr(exc))
+    # One unique click per recipient and URL.
+    record_hit(
+        runtime,
+        "click",
+        claims,
+        dedupe_key=target,
+        url=target,
+        referer=request.headers.get("Referer"),
+    )
     location = target if target.isascii() else iri_to_uri(target)
     return Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})

@@ -15,15 +15,12 @@ from __future__ import annotations
 import functools
 
 import anyio
-import structlog
 from quart import Blueprint, Response, request
 
-from core import Event, current_runtime
-from core.http import visitor
+from core import current_runtime
+from core.http import record_hit
 from plugins.image_proxy.api import error, library
 from plugins.image_proxy.library import Served, matches
-
-log = structlog.get_logger("scaisend.image_proxy")
 
 blueprint = Blueprint("image_proxy", __name__)
 
@@ -37,23 +34,8 @@ def _record_load(image_id: str, image: Served) -> None:
     claims = runtime.tokens.verify(token) if token else None
     if claims is None or claims.tenant != image.tenant:
         return
-    try:
-        runtime.emit(
-            Event(
-                type="open",
-                tenant=claims.tenant,
-                message_id=claims.message_id,
-                data={
-                    "recipient_number": claims.recipient,
-                    "source": SOURCE,
-                    "image_id": image_id,
-                    "dedupe_key": "",  # one unique open per recipient, pixel or image alike
-                    **visitor(runtime.config.trusted_proxies),
-                },
-            )
-        )
-    except OSError as exc:
-        log.error("image_open.not_recorded", message_id=claims.message_id, error=repr(exc))
+    # One unique open per recipient, pixel or image alike.
+    record_hit(runtime, "open", claims, dedupe_key="", source=SOURCE, image_id=image_id)
 
 
 @blueprint.route("/i/<image_id>", methods=["GET", "HEAD"])
