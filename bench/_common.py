@@ -125,3 +125,19 @@ def fmt_rate(value: float) -> str:
 
 def fmt_ratio(value: float) -> str:
     return f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
+
+
+GANALYTICS = {
+    "enable": True,
+    "utm_source": "newsletter",
+    "utm_medium": "email",
+    "utm_campaign": "spring sale",
+}
+CONFIGS = {
+    # name: (ScaiSend tracking_settings, pytracking click_tracking). pytracking has no UTM
+    # tagging, so its side of the last row is open + click, the most it does.
+    "open only": ({"click_tracking": {"enable": False}}, False),
+    "open + click": ({}, True),
+    "open + click + ganalytics": ({"ganalytics": GANALYTICS}, True),
+}
+"""The feature sets the instrumentation and batch benchmarks compare, in the same order."""

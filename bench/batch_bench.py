@@ -35,7 +35,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import _common
-from _common import fmt_rate, fmt_ratio, table
+from _common import CONFIGS, fmt_rate, fmt_ratio, table
 
 try:
     from pytracking import Configuration
@@ -53,20 +53,6 @@ GOAL = 40.0
 SENDER = ("Newsletter", "news@example.com")
 SUBJECT = "This month's newsletter"
 BASE = "https://track.example.test"
-
-GANALYTICS = {
-    "enable": True,
-    "utm_source": "newsletter",
-    "utm_medium": "email",
-    "utm_campaign": "spring sale",
-}
-CONFIGS = {
-    # name: (ScaiSend tracking_settings, pytracking click_tracking). pytracking has no UTM
-    # tagging: against open + click + ganalytics its side is open + click, the most it does.
-    "open + click + ganalytics": ({"ganalytics": GANALYTICS}, True),
-    "open + click": ({}, True),
-    "open only": ({"click_tracking": {"enable": False}}, False),
-}
 
 
 def plain_text(source: str) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _common
-from _common import fmt_rate, fmt_ratio, table
+from _common import CONFIGS, fmt_rate, fmt_ratio, table
 
 try:
     from pytracking import Configuration
@@ -56,20 +56,6 @@ from core.testing import Harness
 
 BASE = "https://track.example.test"
 GOAL = 6.0
-
-GANALYTICS = {
-    "enable": True,
-    "utm_source": "newsletter",
-    "utm_medium": "email",
-    "utm_campaign": "spring sale",
-}
-CONFIGS = {
-    # name: (ScaiSend tracking_settings, pytracking click_tracking). pytracking has no UTM
-    # tagging, so its side of the last row is open + click, the most it does.
-    "open only": ({"click_tracking": {"enable": False}}, False),
-    "open + click": ({}, True),
-    "open + click + ganalytics": ({"ganalytics": GANALYTICS}, True),
-}
 
 
 def html_of(message: bytes) -> str:
