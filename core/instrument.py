@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from core.config import Tenant
-from core.pipeline import CompiledDocument, Document, EditConflict, Recipient, Slot
+from core.pipeline import CompiledDocument, Document, Recipient, Slot, StagedDocument
+from core.plugins import Implementation
 from core.runtime import Plugins
 from core.tokens import TokenCodec
-
-log = structlog.get_logger("scaisend.instrument")
 
 
 @dataclass
@@ -51,6 +48,21 @@ class InstrumentContext:
         return url
 
 
+def _feature_step(
+    document: Document, feature: str, impls: list[Implementation], ctx: InstrumentContext
+) -> Callable[[], StagedDocument]:
+    """One feature's edits, staged against ``document`` as it stands when the step runs (after
+    every earlier feature's edits were merged) and merged only if all of them succeed."""
+
+    def step() -> StagedDocument:
+        staged = document.stage(feature)
+        for impl in impls:
+            impl.function(**impl.kwargs({"doc": staged, "ctx": ctx}))
+        return staged
+
+    return step
+
+
 def is_enabled(settings: Mapping[str, Any]) -> bool:
     return bool(settings.get("enable", True))
 
@@ -67,8 +79,9 @@ def instrument(
 ) -> tuple[CompiledDocument, list[str]]:
     """Instrument ``document`` with every enabled feature; the compiled result and the features
     that applied. A feature that fails or overruns is logged and left out; the rest apply."""
-    applied: list[str] = []
     state: dict[str, Any] = {}
+    steps: list[tuple[Implementation, Callable[[], Any]]] = []
+    names: list[str] = []
     for feature in plugins.features:
         feature_settings = settings.get(feature.name, {})
         if not is_enabled(feature_settings):
@@ -91,22 +104,12 @@ def instrument(
             tokens=tokens,
             state=state,
         )
-        staged = document.stage(feature.name)
-        ok = all(
-            plugins.host.call_sync("instrument", impl, doc=staged, ctx=ctx)[0] for impl in impls
-        )
-        if not ok:
-            continue
-        try:
-            staged.commit()
-        except EditConflict as exc:
-            log.error(
-                "plugin.failed",
-                hook="instrument",
-                plugin=owner.plugin_name,
-                feature=feature.name,
-                error=str(exc),
-            )
-            continue
-        applied.append(feature.name)
+        steps.append((impls[0], _feature_step(document, feature.name, impls, ctx)))
+        names.append(feature.name)
+    # One hand-over to a worker thread for every feature of the message: each feature still
+    # runs within its own budget, and its edits are merged before the next feature starts.
+    outcomes = plugins.host.call_in_order(
+        "instrument", steps, then=lambda _, staged: staged.commit()
+    )
+    applied = [name for name, (ok, _) in zip(names, outcomes, strict=True) if ok]
     return document.compile(), applied

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import inspect
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,33 +90,86 @@ class _Workers:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
 
-    def run(self, call: Callable[[], Any], budget: float) -> tuple[bool, Any] | None:
-        """``(True, result)`` or ``(False, exception)``; ``None`` when ``budget`` ran out."""
+    def run_steps(
+        self,
+        calls: Sequence[Callable[[], Any]],
+        then: Callable[[int, Any], None] | None,
+        budget: float,
+    ) -> tuple[list[tuple[bool, Any] | None], int | None]:
+        """Run ``calls`` in order on one worker, each within ``budget`` seconds, handing the
+        worker over once rather than once per call. After each call that returns, ``then(i,
+        result)`` runs on the worker before the next call starts (an exception from it counts
+        as the call's failure).
+
+        Returns each call's outcome and the index of the call that overran, if one did: the
+        worker is then abandoned, that call's outcome is ``None`` and the calls after it were
+        not started. A late result of the abandoned call never reaches ``then``.
+        """
+        count = len(calls)
+        outcomes: list[tuple[bool, Any] | None] = [None] * count
+        state = threading.Lock()  # guards ``current``, ``started`` and ``abandoned``
+        current = [0]  # the index of the call under way (``count`` once all returned)
+        started = [time.monotonic()]  # when it started
+        abandoned = False
+        # A bare lock, released once by the worker, is the cheapest wake-up the main thread
+        # can wait on (an Event allocates a condition per wait).
+        finished = _thread.allocate_lock()
+        finished.acquire()
+
+        def job() -> None:
+            try:
+                for index, call in enumerate(calls):
+                    with state:
+                        if abandoned:
+                            return
+                        current[0], started[0] = index, time.monotonic()
+                    try:
+                        outcome: tuple[bool, Any] = (True, call())
+                    except BaseException as exc:  # noqa: BLE001 - every plugin failure is isolated
+                        outcome = (False, exc)
+                    with state:
+                        if abandoned:
+                            return
+                        if outcome[0] and then is not None:
+                            try:
+                                then(index, outcome[1])
+                            except BaseException as exc:  # noqa: BLE001 - as above
+                                outcome = (False, exc)
+                        outcomes[index] = outcome
+                with state:
+                    current[0] = count
+            finally:
+                finished.release()
+
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
             worker = _Worker()
-        outcome: list[tuple[bool, Any]] = []
-        done = threading.Event()
-
-        def job() -> None:
-            try:
-                outcome.append((True, call()))
-            except BaseException as exc:  # noqa: BLE001 - every plugin failure is isolated
-                outcome.append((False, exc))
-            finally:
-                done.set()
-
         worker.jobs.put(job)
-        if not done.wait(budget):
-            return None
+        while True:
+            with state:
+                index, since = current[0], started[0]
+            remaining = since + budget - time.monotonic()
+            if remaining > 0 and finished.acquire(timeout=remaining):
+                break
+            with state:
+                if current[0] == count:  # done just as the wait ran out
+                    break
+                if current[0] != index or time.monotonic() - started[0] < budget:
+                    continue  # the worker moved on to a later call: wait for that one
+                abandoned = True
+            return outcomes, index
         with self._lock:
             if len(self._idle) < self.IDLE_LIMIT:
                 self._idle.append(worker)
-        return outcome[0]
+        return outcomes, None
 
 
 _WORKERS = _Workers()
+
+
+def _shifted(then: Callable[[int, Any], None], offset: int) -> Callable[[int, Any], None]:
+    return lambda index, value: then(offset + index, value)
 
 
 class PluginTimeout(Exception):
@@ -167,11 +222,47 @@ class PluginHost:
 
         The thread lets core stop waiting for a plugin that hangs; its late result is dropped.
         """
+        return self.call_in_order(
+            hook, [(impl, lambda: impl.function(**impl.kwargs(kwargs)))], budget=budget
+        )[0]
+
+    def call_in_order(
+        self,
+        hook: str,
+        calls: Sequence[tuple[Implementation, Callable[[], Any]]],
+        then: Callable[[int, Any], None] | None = None,
+        budget: float | None = None,
+    ) -> list[tuple[bool, Any]]:
+        """Run each ``(impl, call)`` in order, each within the time budget, on one worker
+        thread handed over once; ``(ok, result)`` per call.
+
+        ``then(i, result)`` runs right after call ``i`` returns and before the next starts, on
+        the same thread, and only for a call that returned in time (an exception from it fails
+        that call). A call that raises or overruns is logged and the calls after it still run;
+        after an overrun they run on another thread, since the hung one is left to its call.
+        """
         budget = self.budget if budget is None else budget
-        outcome = _WORKERS.run(lambda: impl.function(**impl.kwargs(kwargs)), budget)
-        if outcome is None:
-            log.error("plugin.timeout", hook=hook, plugin=impl.plugin_name, budget_s=budget)
-            return False, PluginTimeout(f"{impl.plugin_name}.{hook} exceeded {budget}s")
+        results: list[tuple[bool, Any]] = []
+        while len(results) < len(calls):
+            offset = len(results)
+            pending = calls[offset:]
+            after = None if then is None else _shifted(then, offset)
+            outcomes, overran = _WORKERS.run_steps([call for _, call in pending], after, budget)
+            for (impl, _), outcome in zip(pending, outcomes[:overran], strict=False):
+                results.append(self._settle(hook, impl, outcome))
+            if overran is not None:
+                impl = pending[overran][0]
+                log.error("plugin.timeout", hook=hook, plugin=impl.plugin_name, budget_s=budget)
+                results.append(
+                    (False, PluginTimeout(f"{impl.plugin_name}.{hook} exceeded {budget}s"))
+                )
+        return results
+
+    @staticmethod
+    def _settle(
+        hook: str, impl: Implementation, outcome: tuple[bool, Any] | None
+    ) -> tuple[bool, Any]:
+        assert outcome is not None  # every call before an overrun has its outcome
         ok, value = outcome
         if not ok:
             log.error(
@@ -181,8 +272,7 @@ class PluginHost:
                 error=repr(value),
                 exc_info=value,
             )
-            return False, value
-        return True, value
+        return ok, value
 
     async def call_async(self, hook: str, impl: Implementation, **kwargs: Any) -> tuple[bool, Any]:
         """Await one implementation (sync or async) under the time budget."""

@@ -298,6 +298,32 @@ def test_messages_after_a_hang_are_instrumented_while_the_plugin_still_hangs(
     hanging.release.set()
 
 
+class Slow(FeaturePlugin):
+    """Takes ``seconds`` before adding its marker: within its budget, but not within two."""
+
+    def __init__(self, name: str, order: int, seconds: float) -> None:
+        super().__init__(name, order)
+        self.seconds = seconds
+
+    @hookimpl
+    def instrument(self, doc: StagedDocument, ctx: InstrumentContext) -> None:
+        if ctx.feature == self.feature.name and doc.html is not None:
+            threading.Event().wait(self.seconds)
+            doc.html.append(self.marker)
+
+
+def test_each_feature_has_its_own_budget(tmp_path):
+    """Features of one message share a worker thread, not a budget: two features that each
+    take most of the budget both apply."""
+    harness = Harness(
+        tmp_path,
+        plugins=[Slow("first", 1, 0.6), Slow("second", 2, 0.6)],
+        builtins=INFRASTRUCTURE_PLUGINS,
+        server={"plugin_timeout_seconds": 1.0},
+    )
+    assert run_pipeline(harness.plugins, harness) == "<p>hi</p>[first][second]"
+
+
 class Overlapping(FeaturePlugin):
     @hookimpl
     def instrument(self, doc: StagedDocument, ctx: InstrumentContext) -> None:
