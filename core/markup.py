@@ -15,17 +15,15 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9:_.-]*")
-_SPACE = " \t\n\r\f"
 _RAW_TEXT = frozenset({"script", "style", "textarea", "title", "xmp", "noembed", "noframes"})
 _CONDITIONAL_OPEN = re.compile(r"<!--\[if[^\]]*\]>", re.IGNORECASE)
 _CONDITIONAL_MARKERS = re.compile(r"<!(?:--)?\[endif\]-->|<!-->|<!--<!\[endif\]-->", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class Attribute:
+class Attribute(NamedTuple):
     """One attribute as written: ``name`` lower-cased, offsets into the scanned source."""
 
     name: str
@@ -42,8 +40,7 @@ class Attribute:
         return html.unescape(self.raw_value) if self.raw_value is not None else None
 
 
-@dataclass(frozen=True)
-class Tag:
+class Tag(NamedTuple):
     name: str
     start: int
     end: int
@@ -56,60 +53,45 @@ class Tag:
         return None
 
 
+_NOT_S = r" \t\n\r\f"
+_S = rf"[{_NOT_S}]"
+# One attribute as the HTML tokenizer reads it: slashes and spaces before it, a name (which
+# may start with "=" or a quote), then "=" and a double-quoted, single-quoted or unquoted value
+# if there is one. An unclosed quote runs to the end of the source.
+_ATTRIBUTE = re.compile(
+    rf"[{_NOT_S}/]*+(?P<name>[^{_NOT_S}/>][^{_NOT_S}/>=]*+)"
+    rf"(?:{_S}*+={_S}*+(?:\"(?P<dq>[^\"]*+)\"?|'(?P<sq>[^']*+)'?|(?P<uq>[^{_NOT_S}>]*+)))?"
+)
+_TAG_END = re.compile(rf"[{_NOT_S}/]*+>")
+
+
 def _parse_attributes(source: str, pos: int) -> tuple[list[Attribute], int]:
     """Attributes from ``pos`` (just after the tag name) to the closing ``>``; returns the
     attributes and the offset after ``>`` (the end of the source if it never closes)."""
     attributes: list[Attribute] = []
-    length = len(source)
-    while pos < length:
-        while pos < length and (source[pos] in _SPACE or source[pos] == "/"):
-            pos += 1
-        if pos >= length:
-            break
-        if source[pos] == ">":
-            return attributes, pos + 1
-        name_start = pos
-        pos += 1  # a name may start with "=", as browsers allow
-        while pos < length and source[pos] not in _SPACE and source[pos] not in "/>=":
-            pos += 1
-        name = source[name_start:pos].lower()
-        after_name = pos
-        while pos < length and source[pos] in _SPACE:
-            pos += 1
-        if pos < length and source[pos] == "=":
-            pos += 1
-            while pos < length and source[pos] in _SPACE:
-                pos += 1
-            if pos < length and source[pos] in "\"'":
-                quote = source[pos]
-                close = source.find(quote, pos + 1)
-                if close == -1:
-                    close = length
-                attributes.append(
-                    Attribute(
-                        name,
-                        name_start,
-                        min(close + 1, length),
-                        pos + 1,
-                        close,
-                        source[pos + 1 : close],
-                        quote,
-                    )
-                )
-                pos = close + 1
-            else:
-                value_start = pos
-                while pos < length and source[pos] not in _SPACE and source[pos] != ">":
-                    pos += 1
-                attributes.append(
-                    Attribute(name, name_start, pos, value_start, pos, source[value_start:pos], "")
-                )
+    match = _ATTRIBUTE.match
+    while (found := match(source, pos)) is not None:
+        name_start = found.start("name")
+        name = found.group("name").lower()
+        pos = found.end()
+        if (value := found.group("dq")) is not None:
+            value_start = found.start("dq")
+            quote = '"'
+        elif (value := found.group("sq")) is not None:
+            value_start = found.start("sq")
+            quote = "'"
+        elif (value := found.group("uq")) is not None:
+            value_start = found.start("uq")
+            quote = ""
         else:
-            attributes.append(
-                Attribute(name, name_start, after_name, after_name, after_name, None, "")
-            )
-            pos = after_name
-    return attributes, length
+            name_end = found.end("name")
+            attributes.append(Attribute(name, name_start, name_end, name_end, name_end, None, ""))
+            continue
+        attributes.append(
+            Attribute(name, name_start, pos, value_start, value_start + len(value), value, quote)
+        )
+    close = _TAG_END.match(source, pos)
+    return attributes, close.end() if close is not None else len(source)
 
 
 def _anycase(word: str) -> str:
@@ -119,8 +101,6 @@ def _anycase(word: str) -> str:
 
 
 _NAME_CHAR = "A-Za-z0-9:_.-"
-_S = r"[ \t\n\r\f]"
-_NOT_S = r" \t\n\r\f"
 # The extent of a start tag's attributes up to its ">", exactly as ``_parse_attributes`` reads
 # them (a quoted value may hold ">"; an unclosed quote or tag runs to the end of the source).
 _ATTRIBUTES = (

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from core.markup import scan_tags
+from core.markup import Attribute, _parse_attributes, scan_tags
+
+SPACE = " \t\n\r\f"
 
 PIECES = [
     *"<>/!-=\"' \n\tabhrefv:[]ifmsoend&;#x1",
@@ -19,6 +21,81 @@ PIECES = [
     "</script>",
 ]
 HTMLISH = st.lists(st.sampled_from(PIECES), max_size=80).map("".join)
+
+
+def tokenizer_attributes(source: str, pos: int) -> tuple[list[Attribute], int]:
+    """The HTML tokenizer's attribute states (before name, name, after name, before value,
+    quoted and unquoted value) stepped through one character at a time: the reference the
+    scanner's single regular expression is checked against."""
+    attributes: list[Attribute] = []
+    length = len(source)
+    while pos < length:
+        while pos < length and (source[pos] in SPACE or source[pos] == "/"):
+            pos += 1
+        if pos >= length:
+            break
+        if source[pos] == ">":
+            return attributes, pos + 1
+        name_start = pos
+        pos += 1  # a name may start with "=", as browsers allow
+        while pos < length and source[pos] not in SPACE and source[pos] not in "/>=":
+            pos += 1
+        name = source[name_start:pos].lower()
+        after_name = pos
+        while pos < length and source[pos] in SPACE:
+            pos += 1
+        if pos < length and source[pos] == "=":
+            pos += 1
+            while pos < length and source[pos] in SPACE:
+                pos += 1
+            if pos < length and source[pos] in "\"'":
+                quote = source[pos]
+                close = source.find(quote, pos + 1)
+                if close == -1:
+                    close = length
+                attributes.append(
+                    Attribute(
+                        name,
+                        name_start,
+                        min(close + 1, length),
+                        pos + 1,
+                        close,
+                        source[pos + 1 : close],
+                        quote,
+                    )
+                )
+                pos = close + 1
+            else:
+                value_start = pos
+                while pos < length and source[pos] not in SPACE and source[pos] != ">":
+                    pos += 1
+                attributes.append(
+                    Attribute(name, name_start, pos, value_start, pos, source[value_start:pos], "")
+                )
+        else:
+            attributes.append(
+                Attribute(name, name_start, after_name, after_name, after_name, None, "")
+            )
+            pos = after_name
+    return attributes, length
+
+
+# Dense in what decides where attributes and values begin and end.
+ATTRIBUTE_TEXT = st.text(alphabet=" \t\n\f/=\"'>ab<&", max_size=60)
+
+
+@settings(max_examples=1500)
+@given(st.one_of(ATTRIBUTE_TEXT, st.text(max_size=200), HTMLISH), st.integers(0, 40))
+@example("a=b=c>", 0)
+@example(' a="x" ="y>z">', 0)
+@example("a='x'b=\"y\"/c/=d>", 0)
+@example("a = \"b\" c>", 0)
+@example("a=\"unclosed>", 0)
+@example("a='unclosed", 0)
+@example("a= >", 0)
+def test_attributes_are_read_as_the_tokenizer_reads_them(source, start):
+    start = min(start, len(source))
+    assert _parse_attributes(source, start) == tokenizer_attributes(source, start)
 
 
 @given(st.one_of(st.text(max_size=300), HTMLISH))
