@@ -82,16 +82,13 @@ def instrument(
     state: dict[str, Any] = {}
     steps: list[tuple[Implementation, Callable[[], Any]]] = []
     names: list[str] = []
+    implementations = plugins.host.implementations("instrument")
     for feature in plugins.features:
         feature_settings = settings.get(feature.name, {})
         if not is_enabled(feature_settings):
             continue
         owner = plugins.owners[feature.name]
-        impls = [
-            impl
-            for impl in plugins.host.implementations("instrument")
-            if impl.plugin is owner.plugin
-        ]
+        impls = [impl for impl in implementations if impl.plugin is owner.plugin]
         if not impls:
             continue
         ctx = InstrumentContext(

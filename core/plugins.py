@@ -201,19 +201,26 @@ class PluginHost:
     def __init__(self, pm: pluggy.PluginManager, budget: float = DEFAULT_BUDGET) -> None:
         self.pm = pm
         self.budget = budget
+        self._implementations: dict[str, tuple[tuple[Any, ...], tuple[Implementation, ...]]] = {}
 
     def implementations(self, hook: str) -> list[Implementation]:
         """Implementations in pluggy's call order (tryfirst/trylast honoured)."""
         caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
-        return [
+        registered = tuple(caller.get_hookimpls())
+        known = self._implementations.get(hook)
+        if known is not None and known[0] == registered:  # unchanged since last asked
+            return list(known[1])
+        found = tuple(
             Implementation(
                 plugin_name=self.pm.get_name(impl.plugin) or repr(impl.plugin),
                 function=impl.function,
                 argnames=tuple(impl.argnames),
                 plugin=impl.plugin,
             )
-            for impl in reversed(caller.get_hookimpls())
-        ]
+            for impl in reversed(registered)
+        )
+        self._implementations[hook] = (registered, found)
+        return list(found)
 
     def call_sync(
         self, hook: str, impl: Implementation, budget: float | None = None, **kwargs: Any

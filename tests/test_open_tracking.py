@@ -77,6 +77,22 @@ def test_pixel_goes_before_the_last_closing_body(harness):
     assert output.index("<img ") == html.index("</BODY >")
 
 
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<body><p>x</p></body>" + "<p>trailing</p>" * 1000,  # far from the end
+        "<body>" + "x" * 5000 + "</body>" + "y" * 4093,  # straddles where the tail begins
+        "<body>" + "x" * 5000 + "</body></body >" + "y" * 4090,  # two, the last one counts
+    ],
+    ids=["far-from-the-end", "straddling-the-tail", "last-of-two"],
+)
+def test_pixel_goes_before_the_last_closing_body_wherever_it_is(harness, html):
+    last = [m.start() for m in re.finditer(r"</body\s*>", html, re.IGNORECASE)][-1]
+    output = instrument_html(harness, html)
+    assert output.index("<img ") == last
+    assert output.replace(output[last : output.index(">", last) + 1], "", 1) == html
+
+
 def test_substitution_tag_places_the_pixel_at_every_occurrence(harness):
     settings = {**OPEN_ONLY, "open_tracking": {"enable": True, "substitution_tag": "%open%"}}
     output = instrument_html(harness, "<body>%open%<p>x</p>%open%</body>", settings)

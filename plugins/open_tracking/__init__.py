@@ -31,6 +31,7 @@ FEATURE = Feature(
 )
 
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_TAIL = 4096
 PIXEL_PATH = "/t/o/{token}.gif"
 
 
@@ -68,5 +69,14 @@ def instrument(doc: StagedDocument, ctx: InstrumentContext) -> None:
             if html.is_free(offset, offset + len(tag)):
                 html.replace(offset, offset + len(tag), pixel)
         return
-    ends = list(_BODY_END.finditer(html.source))
-    html.insert(ends[-1].start() if ends else len(html.source), pixel)
+    html.insert(_last_body_end(html.source), pixel)
+
+
+def _last_body_end(source: str) -> int:
+    """Where the last ``</body>`` starts, or the end of ``source`` when there is none."""
+    # The closing tag is nearly always near the end: look there before reading the whole body.
+    tail = max(len(source) - _TAIL, 0)
+    ends = list(_BODY_END.finditer(source, tail))
+    if not ends and tail:
+        ends = list(_BODY_END.finditer(source))
+    return ends[-1].start() if ends else len(source)
