@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import string
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -102,47 +103,70 @@ def _anycase(word: str) -> str:
 
 _NAME_CHAR = "A-Za-z0-9:_.-"
 # The extent of a start tag's attributes up to its ">", exactly as ``_parse_attributes`` reads
-# them (a quoted value may hold ">"; an unclosed quote or tag runs to the end of the source).
+# them (a quoted value may hold ">"; an unclosed quote or tag runs to the end of the source,
+# which is where a possessive run stops when it does not stop at its closing character).
 _ATTRIBUTES = (
     rf"(?:[{_NOT_S}/]*+[^{_NOT_S}/>][^{_NOT_S}/>=]*+"
-    rf"(?:{_S}*+={_S}*+(?:\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z)|[^{_NOT_S}>]*+))?)*+"
-    rf"[{_NOT_S}/]*+(?:>|\Z)"
+    rf"(?:{_S}*+={_S}*+(?:\"[^\"]*+\"?|'[^']*+'?|[^{_NOT_S}>]*+))?)*+"
+    rf"[{_NOT_S}/]*+>?"
 )
 _VML_NAME = rf"{_anycase('v:')}[{_NAME_CHAR}]*+"
 _LINK_NAME = rf"(?:{_anycase('area')}|{_anycase('a')}|{_VML_NAME})"
 _IMAGE_NAME = rf"(?:{_anycase('img')}|{_VML_NAME})"
-_RAW_TEXT_NAME = "|".join(_anycase(name) for name in sorted(_RAW_TEXT))
 _RAW_TEXT_ELEMENT = "|".join(
-    # The closing search is case-insensitive as in ``scan_tags``.
-    rf"<{_anycase(name)}(?![{_NAME_CHAR}]){_ATTRIBUTES}[^<]*+(?:<(?!(?i:/{name})[\s/>])[^<]*+)*+"
+    # After "<". The closing search is case-insensitive as in ``scan_tags``.
+    rf"{_anycase(name)}(?![{_NAME_CHAR}]){_ATTRIBUTES}[^<]*+(?:<(?!(?i:/{name})[\s/>])[^<]*+)*+"
     for name in sorted(_RAW_TEXT)
 )
 
 
-def _next_named_tag(names: str) -> re.Pattern[str]:
+def _name_other_than(excluded: list[str]) -> str:
+    """The start of a tag name that is none of ``excluded`` (a name ending in ":" excludes
+    every name it begins). Decided by the first letter where it can be: most names begin with
+    a letter no excluded name begins with, and a lookahead over every excluded name at each
+    tag costs more than the rest of the tag."""
+    by_letter: dict[str, list[str]] = {}
+    for name in excluded:
+        by_letter.setdefault(name[0], []).append(name[1:])
+    free = "".join(
+        letter + letter.upper() for letter in string.ascii_lowercase if letter not in by_letter
+    )
+    choices = [f"[{free}]"]
+    for letter, rests in sorted(by_letter.items()):
+        after = "|".join(
+            _anycase(rest) if rest.endswith(":") else rf"{_anycase(rest)}(?![{_NAME_CHAR}])"
+            for rest in rests
+        )
+        choices.append(rf"[{letter}{letter.upper()}](?!{after})")
+    return "(?:" + "|".join(choices) + ")"
+
+
+def _next_named_tag(names: str, excluded: list[str]) -> re.Pattern[str]:
     """A pattern stepping over everything :func:`scan_tags` steps over or yields that is not a
-    start tag named by ``names`` (a regex), then matching the next such tag's opening."""
-    # The commonest shapes come first; the "<!" forms keep the order ``scan_tags`` tries them
-    # in. Possessive, so the C matcher never backtracks into what it has stepped over.
+    start tag named by ``names`` (a regex; ``excluded`` lists the same names, lower-cased, a
+    prefix ending in ":"), then matching the next such tag's opening."""
+    # Text first, then each shape that starts with "<", tried after one test of the "<"; the
+    # "<!" forms keep the order ``scan_tags`` tries them in. Possessive, so the C matcher never
+    # backtracks into what it has stepped over.
     skipped = (
-        "(?:[^<]++"
-        r"|<[/?][^>]*+(?:>|\Z)"
-        rf"|<(?!(?:{names}|{_RAW_TEXT_NAME})(?![{_NAME_CHAR}]))[A-Za-z][{_NAME_CHAR}]*+{_ATTRIBUTES}"
+        "(?:[^<]++|<(?:"
+        r"[/?][^>]*+>?"
+        rf"|{_name_other_than(excluded + sorted(_RAW_TEXT))}[{_NAME_CHAR}]*+{_ATTRIBUTES}"
         rf"|{_RAW_TEXT_ELEMENT}"
-        rf"|{_CONDITIONAL_OPEN.pattern.replace('<!--', '(?i:<!--', 1)})"
-        rf"|(?i:{_CONDITIONAL_MARKERS.pattern})"
-        r"|<!--[^-]*+(?:-(?!->)[^-]*+)*+(?:-->|\Z)"
-        r"|<!\[endif\][^>]*+(?:>|\Z)"
-        r"|<!\[CDATA\[[^\]]*+(?:\](?!\]>)[^\]]*+)*+(?:\]\]>|\Z)"
-        r"|<![^>]*+(?:>|\Z)"
-        r"|<(?![A-Za-z])"
-        ")*+"
+        r"|!(?:(?i:--\[if[^\]]*\]>)"
+        r"|(?i:(?:--)?\[endif\]-->|-->|--<!\[endif\]-->)"
+        r"|--[^-]*+(?:-(?!->)[^-]*+)*+(?:-->|\Z)"
+        r"|\[endif\][^>]*+>?"
+        r"|\[CDATA\[[^\]]*+(?:\](?!\]>)[^\]]*+)*+(?:\]\]>|\Z)"
+        r"|[^>]*+>?)"
+        r"|(?![A-Za-z])"
+        "))*+"
     )
     return re.compile(rf"{skipped}(?P<tag><(?P<name>{names})(?![{_NAME_CHAR}]))")
 
 
-_NEXT_LINK_TAG = _next_named_tag(_LINK_NAME)
-_NEXT_IMAGE_TAG = _next_named_tag(_IMAGE_NAME)
+_NEXT_LINK_TAG = _next_named_tag(_LINK_NAME, ["a", "area", "v:"])
+_NEXT_IMAGE_TAG = _next_named_tag(_IMAGE_NAME, ["img", "v:"])
 
 
 def _scan_named(source: str, pattern: re.Pattern[str]) -> Iterator[Tag]:
