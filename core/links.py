@@ -15,8 +15,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.markup import Attribute, Tag, scan_link_tags
 
@@ -29,8 +28,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 DestinationTransform = Callable[[str], str]
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(NamedTuple):
     tag: Tag
     href: Attribute
     url: str
@@ -62,8 +60,11 @@ def links(source: str) -> tuple[Link, ...]:
     for tag in scan_link_tags(source):
         href = tag.get("href")
         if href is not None and href.value is not None:
-            # As browsers do (URL standard): tabs and newlines inside a URL are dropped.
-            found.append(Link(tag, href, _TAB_OR_NEWLINE.sub("", href.value.strip())))
+            url = href.value.strip()
+            if "\t" in url or "\n" in url or "\r" in url:
+                # As browsers do (URL standard): tabs and newlines inside a URL are dropped.
+                url = _TAB_OR_NEWLINE.sub("", url)
+            found.append(Link(tag, href, url))
     return tuple(found)
 
 

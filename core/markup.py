@@ -145,11 +145,12 @@ def _next_named_tag(names: str, excluded: list[str]) -> re.Pattern[str]:
     """A pattern stepping over everything :func:`scan_tags` steps over or yields that is not a
     start tag named by ``names`` (a regex; ``excluded`` lists the same names, lower-cased, a
     prefix ending in ":"), then matching the next such tag's opening."""
-    # Text first, then each shape that starts with "<", tried after one test of the "<"; the
-    # "<!" forms keep the order ``scan_tags`` tries them in. Possessive, so the C matcher never
-    # backtracks into what it has stepped over.
+    # Text, then each shape that starts with "<" with the text after it (one repetition per
+    # tag: the matcher's loop costs as much as a short tag), tried after one test of the "<";
+    # the "<!" forms keep the order ``scan_tags`` tries them in. Possessive, so the C matcher
+    # never backtracks into what it has stepped over.
     skipped = (
-        "(?:[^<]++|<(?:"
+        "[^<]*+(?:<(?:"
         r"[/?][^>]*+>?"
         rf"|{_name_other_than(excluded + sorted(_RAW_TEXT))}[{_NAME_CHAR}]*+{_ATTRIBUTES}"
         rf"|{_RAW_TEXT_ELEMENT}"
@@ -160,7 +161,7 @@ def _next_named_tag(names: str, excluded: list[str]) -> re.Pattern[str]:
         r"|\[CDATA\[[^\]]*+(?:\](?!\]>)[^\]]*+)*+(?:\]\]>|\Z)"
         r"|[^>]*+>?)"
         r"|(?![A-Za-z])"
-        "))*+"
+        ")[^<]*+)*+"
     )
     return re.compile(rf"{skipped}(?P<tag><(?P<name>{names})(?![{_NAME_CHAR}]))")
 
