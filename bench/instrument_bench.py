@@ -17,8 +17,8 @@ Both sides run each configuration in the same process, interleaved round by roun
 open tracking only, open + click tracking, then open + click + ganalytics (pytracking has no UTM
 tagging: its side does open + click). The ratio is ScaiSend over pytracking with the same
 features and its default (fastest, unsigned) tokens: the HTML against ``adapt_html``, the
-complete message against ``adapt_html`` plus the ``email`` package. Last, the cost of the worker thread each
-plugin call runs in is measured alone.
+complete message against ``adapt_html`` plus the ``email`` package. Last, the cost of the
+worker thread each plugin call runs in is measured alone.
 
 Run ``python bench/instrument_bench.py`` in the bench environment (``tox -e bench`` installs
 pytracking[html,crypto]); ``--help`` for the knobs.
