@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -16,6 +13,7 @@ from core.admin import blueprint as admin_blueprint
 from core.config import Config
 from core.inbound_listener import InboundListener
 from core.plugins import build_plugin_manager
+from core.request_id import current_request_id, with_request_id
 from core.runtime import EXTENSION, Plugins, Runtime, current_runtime
 from core.send.api import SERVICE
 from core.send.api import blueprint as send_blueprint
@@ -26,9 +24,6 @@ log = structlog.get_logger("scaisend.app")
 
 INBOUND = "scaisend.inbound"
 """``app.extensions`` key of the :class:`InboundListener` (its bound port, in tests)."""
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_request_id: ContextVar[str | None] = ContextVar("scaisend_request_id", default=None)
 
 health = Blueprint("health", __name__)
 
@@ -71,7 +66,7 @@ def create_app(config: Config, plugins: Plugins | None = None) -> Quart:
     for impl, blueprint in plugins.host.collect("register_routes"):
         _mount(app, blueprint, impl.plugin_name)
 
-    _install_request_context(app)
+    app.asgi_app = with_request_id(app.asgi_app)  # type: ignore[method-assign,assignment]
     _install_error_handlers(app)
 
     @app.before_serving
@@ -134,24 +129,6 @@ def _mount(app: Quart, blueprint: Any, plugin: str) -> None:
         log.error("plugin.failed", hook="register_routes", plugin=plugin, error=str(exc))
 
 
-def _install_request_context(app: Quart) -> None:
-    @app.before_request
-    async def bind_request() -> None:
-        given = request.headers.get("X-Request-Id", "")
-        request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
-        # Each request runs in a task of its own, whose context starts without another
-        # request's bindings: binding is enough, nothing needs clearing.
-        _request_id.set(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-
-    @app.after_request
-    async def tag_response(response: Response) -> Response:
-        request_id = _request_id.get()
-        if request_id:
-            response.headers["X-Request-Id"] = request_id
-        return response
-
-
 def _install_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -171,5 +148,4 @@ def _install_error_handlers(app: Quart) -> None:
             error=repr(exc),
             exc_info=exc,
         )
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        return jsonify({"error": "internal server error", "request_id": request_id}), 500
+        return jsonify({"error": "internal server error", "request_id": current_request_id()}), 500

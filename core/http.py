@@ -59,11 +59,11 @@ def client_ip(
 
 def visitor(trusted_proxies: tuple[str, ...]) -> dict[str, str | None]:
     """The user agent and client address of the request being served, as events record them."""
+    headers = request.headers
+    forwarded_for = headers.get("X-Forwarded-For") if trusted_proxies else None
     return {
-        "user_agent": request.headers.get("User-Agent"),
-        "ip": client_ip(
-            request.remote_addr, request.headers.get("X-Forwarded-For"), trusted_proxies
-        ),
+        "user_agent": headers.get("User-Agent"),
+        "ip": client_ip(request.remote_addr, forwarded_for, trusted_proxies),
     }
 
 

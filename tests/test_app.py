@@ -124,6 +124,27 @@ async def test_request_id_is_echoed_or_generated(tmp_path):
         assert len(hostile.headers["X-Request-Id"]) == 32
 
 
+async def test_every_response_carries_its_request_id_errors_and_log_lines_included(tmp_path, capfd):
+    async with Harness(tmp_path, plugins=[Broken()]).serving() as client:
+        missing = await client.get("/no/such/route", headers={"X-Request-Id": "lost.1"})
+        assert (missing.status_code, missing.headers["X-Request-Id"]) == (404, "lost.1")
+        failed = await client.get("/broken")
+        generated = failed.headers["X-Request-Id"]
+        assert (await failed.get_json())["request_id"] == generated
+        other = await client.get("/broken")
+        assert other.headers["X-Request-Id"] not in {generated, ""}
+    logged = capfd.readouterr()
+    failures = [
+        json.loads(line)
+        for line in (logged.out + logged.err).splitlines()
+        if '"request.failed"' in line
+    ]
+    assert [failure["request_id"] for failure in failures] == [
+        generated,
+        other.headers["X-Request-Id"],
+    ]
+
+
 async def test_third_party_feature_end_to_end(tmp_path):
     """The README's minimal plugin: schema, instrument hook and route, all working together."""
     example = pytest.importorskip("scaisend_example")
