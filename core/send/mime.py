@@ -30,7 +30,7 @@ def _normalise(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-_LONG_LINE = re.compile(rb"(?m)^[^\n]{77,}")
+_QP_LINE = 76  # the longest encoded line RFC 2045 allows, soft line break included
 
 
 def _wrap(line: bytes) -> list[bytes]:
@@ -39,7 +39,7 @@ def _wrap(line: bytes) -> list[bytes]:
     ``binascii.b2a_qp`` can leave a 78-character line when it escapes trailing white space.
     """
     pieces = []
-    while len(line) > 76:
+    while len(line) > _QP_LINE:
         cut = 75
         if line[cut - 1 : cut] == b"=":
             cut -= 1
@@ -59,9 +59,10 @@ def _qp_run(text: str) -> bytes:
     encoded = binascii.b2a_qp(_normalise(text).encode("utf-8"), istext=True)
     if not encoded:
         return b""
-    # Only the few long lines are rewrapped; the search for them runs in C.
-    encoded = _LONG_LINE.sub(lambda long: b"\n".join(_wrap(long[0])), encoded + b"=")
-    return encoded.replace(b"\n", CRLF) + CRLF
+    lines = (encoded + b"=").split(b"\n")
+    if max(map(len, lines)) > _QP_LINE:  # rare: only those few lines are rewrapped
+        lines = [piece for line in lines for piece in _wrap(line)]
+    return CRLF.join(lines) + CRLF
 
 
 # --- headers -----------------------------------------------------------------------------
