@@ -2,14 +2,16 @@
 
 Tracking routes answer without touching the database, so the event they journal says which
 recipient *number* of which message it concerns, nothing more. Before any sink sees it, this
-step adds, in one transaction per batch (on PostgreSQL a large batch takes two at once, for
-recipients that do not overlap):
+step adds, with a few statements per batch (on PostgreSQL a large batch is split in two, for
+recipients that do not overlap, done on two connections at once):
 
 - ``recipient``: the address that number stands for;
 - ``data.unique``: for events that carry ``data.dedupe_key`` (opens: ``""``; clicks: the URL),
   whether this is the first such event for that recipient, decided by a primary key that every
   process sharing the database respects;
-- the first-open time of the message recipient, set by its first unique ``open``.
+- the recipient's first-open time, which is the time of its first unique ``open``: the first
+  interaction that decides it is what :func:`core.storage.first_open_times` reads, so nothing
+  else is written for it.
 
 It is idempotent: an event processed again (after a crash, or for a second sink) gets the same
 answer, because the first interaction remembers which event it was.
@@ -18,18 +20,21 @@ answer, because the first interaction remembers which event it was.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 import peewee as pw
 
 from core.events import Event
 from core.storage import FirstInteraction, MessageRecipient
-from core.storage.bulk import SetFromInserted, insert_new, select_matching, set_where_null
+from core.storage.bulk import insert_new, select_matching
 
 DEDUPE_KEY = "dedupe_key"
 
@@ -42,17 +47,10 @@ _INTERACTION_FIELDS = (
     FirstInteraction.at,
 )
 
-_FIRST_OPEN = SetFromInserted(
-    target=MessageRecipient.first_open_at,
-    keys=(MessageRecipient.message, MessageRecipient.number),
-    sources=(FirstInteraction.message_id, FirstInteraction.recipient_number),
-    value=FirstInteraction.at,
-    when=(FirstInteraction.kind, "open"),
-)
-"""Each open that is the first for its recipient sets the recipient's first-open time."""
 
-
+@functools.lru_cache(maxsize=4096)
 def _key_hash(key: str) -> str:
+    # Cached: every open has the same key, and a campaign's clicks a few URLs.
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -63,6 +61,8 @@ a cache of whole events would have every full collection walk all of them while 
 the event loop's included, waits."""
 
 _NOTHING: _Answer = (None, None)
+
+_TIMESTAMP = operator.attrgetter("timestamp")
 
 _PARALLEL_FROM = 1_000
 """Events from which a batch on PostgreSQL is split in two transactions run at once."""
@@ -106,10 +106,10 @@ class EventEnricher:
         relevant = [e for e in events if e.message_id is not None and "recipient_number" in e.data]
         answers = dict.fromkeys((event.id for event in events), _NOTHING)
         if len(relevant) < _PARALLEL_FROM or not isinstance(self.db, pw.PostgresqlDatabase):
-            answers.update(self._answers_in_one_transaction(relevant))
+            answers.update(self._answers_now(relevant))
             return answers
         # The database server's work dominates: halves that share no recipient (so no row and
-        # no first interaction) go in two transactions on two connections at once.
+        # no first interaction) go on two connections at once.
         halves: tuple[list[Event], list[Event]] = ([], [])
         for event in relevant:
             halves[hash((event.message_id, event.data["recipient_number"])) & 1].append(event)
@@ -119,19 +119,22 @@ class EventEnricher:
 
     def _answers_on_a_pooled_connection(self, events: list[Event]) -> dict[str, _Answer]:
         try:
-            return self._answers_in_one_transaction(events)
+            return self._answers_now(events)
         finally:
             self.db.close()  # back to the pool: an idle worker holds no connection
 
-    def _answers_in_one_transaction(self, relevant: list[Event]) -> dict[str, _Answer]:
+    def _answers_now(self, relevant: list[Event]) -> dict[str, _Answer]:
         if not relevant:
             return {}
         # Each event's interaction key is worked out once: hashing it is the per-event cost.
         interactions = {e.id: self._interaction(e) for e in relevant if DEDUPE_KEY in e.data}
         self.db.connect(reuse_if_open=True)
-        # Every statement below runs on self.db, inside this one transaction, whichever
-        # database the models' proxy was last pointed at.
-        with self.db.atomic():
+        # Every statement below runs on self.db, whichever database the models' proxy was last
+        # pointed at. Each needs no other's transaction: addresses never change, and a claim is
+        # one statement. SQLite's many single-row inserts share one, or each would be synced
+        # to disk; on PostgreSQL each statement is its own, saving BEGIN's and COMMIT's round
+        # trips.
+        with self.db.atomic() if isinstance(self.db, pw.SqliteDatabase) else nullcontext():
             emails = self._emails(relevant)
             firsts = self._first_interactions(relevant, interactions)
         answers: dict[str, _Answer] = {}
@@ -158,7 +161,7 @@ class EventEnricher:
 
     def _emails(self, events: list[Event]) -> dict[tuple[str | None, int], str]:
         # Only the batch's recipients are read: a message may have a million.
-        wanted = sorted(
+        wanted = list(
             {
                 (e.message_id, int(e.data["recipient_number"]))
                 for e in events
@@ -179,48 +182,26 @@ class EventEnricher:
         if not interactions:
             return {}
         rows: dict[tuple[str, int, str, str], Event] = {}
-        for event in sorted(events, key=lambda e: e.timestamp):
+        for event in sorted(events, key=_TIMESTAMP):
             interaction = interactions.get(event.id)
             if interaction is not None:
                 rows.setdefault(interaction, event)
-        # One statement claims the keys no event claimed before and sets the first-open time of
-        # each open that claims one; only the keys already claimed are read back.
-        claimed = insert_new(
-            self.db,
-            _INTERACTION_FIELDS,
-            [(*key, event.id, event.timestamp.replace(tzinfo=None)) for key, event in rows.items()],
-            _INTERACTION_FIELDS[:5],
-            then=_FIRST_OPEN,
-        )
-        firsts = {
-            (message, number, kind, key_hash): event_id
-            for message, number, kind, key_hash, event_id in claimed
+        # One statement claims the keys no event claimed before and returns their events; only
+        # the keys already claimed are read back. Keys go in order: processes claiming some of
+        # the same keys at once then wait for each other, never deadlock.
+        ordered = sorted(rows.items())
+        claimed = {
+            event_id
+            for (event_id,) in insert_new(
+                self.db,
+                _INTERACTION_FIELDS,
+                [(*key, event.id, event.timestamp.replace(tzinfo=None)) for key, event in ordered],
+                (FirstInteraction.event_id,),
+            )
         }
-        earlier = {key for key in rows if key not in firsts}
-        stored = select_matching(
-            self.db, _INTERACTION_FIELDS[:5], _INTERACTION_FIELDS[:4], sorted(earlier)
-        )
+        firsts = {key: event.id for key, event in ordered if event.id in claimed}
+        earlier = [key for key, event in ordered if event.id not in claimed]
+        stored = select_matching(self.db, _INTERACTION_FIELDS[:5], _INTERACTION_FIELDS[:4], earlier)
         for message, number, kind, key_hash, event_id in stored:
             firsts[(message, number, kind, key_hash)] = event_id
-        # An open processed again owns its key from before; its first-open time was set then,
-        # unless its recipient was stored only since.
-        self._record_first_opens(
-            [event for key, event in rows.items() if key in earlier and firsts.get(key) == event.id]
-        )
         return firsts
-
-    def _record_first_opens(self, owners: list[Event]) -> None:
-        set_where_null(
-            self.db,
-            MessageRecipient.first_open_at,
-            (MessageRecipient.message, MessageRecipient.number),
-            [
-                (
-                    event.timestamp.replace(tzinfo=None),
-                    event.message_id,
-                    event.data["recipient_number"],
-                )
-                for event in owners
-                if event.type == "open"
-            ],
-        )

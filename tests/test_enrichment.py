@@ -7,7 +7,7 @@ import pytest
 from core.enrichment import EventEnricher
 from core.events import Event
 from core.send.service import SendService
-from core.storage import EventRecord, MessageRecipient
+from core.storage import EventRecord, first_open_times
 from core.testing import Harness
 from tests.conftest import postgres_url
 
@@ -70,9 +70,8 @@ async def test_opens_and_clicks_through_the_routes(tmp_path):
         ("bob@example.com", "https://a.example/", True),
     ]
     first_ann_open = opens[0].timestamp
-    recipients = {r.number: r.first_open_at for r in MessageRecipient.select()}
-    assert recipients[0] == first_ann_open
-    assert recipients[1] is not None
+    first_bob_open = next(e.timestamp for e in opens if e.recipient == "bob@example.com")
+    assert first_open_times(message_id) == {0: first_ann_open, 1: first_bob_open}
 
 
 def click(message_id: str, number: int, url: str) -> Event:

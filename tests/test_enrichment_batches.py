@@ -8,7 +8,7 @@ import peewee as pw
 
 from core.enrichment import EventEnricher
 from core.events import Event
-from core.storage import FirstInteraction, Message, MessageRecipient
+from core.storage import FirstInteraction, Message, MessageRecipient, first_open_times
 
 MESSAGES = 300
 RECIPIENTS = 4
@@ -46,6 +46,14 @@ def opens(round_: int) -> list[Event]:
     ]
 
 
+def stored_first_opens() -> dict[tuple[str, int], dt.datetime]:
+    return {
+        (f"m{m}", number): at
+        for m in range(MESSAGES)
+        for number, at in first_open_times(f"m{m}").items()
+    }
+
+
 def test_a_large_batch_gets_addresses_unique_opens_and_first_open_times(database):
     recipients_stored(database)
     first, second, third = opens(0), opens(1), opens(2)
@@ -60,9 +68,7 @@ def test_a_large_batch_gets_addresses_unique_opens_and_first_open_times(database
     assert all(unique[event.id] for event in first)
     assert not any(unique[event.id] for event in second)
     with database.connection_context():
-        stored = {
-            (row.message_id, row.number): row.first_open_at for row in MessageRecipient.select()
-        }
+        stored = stored_first_opens()
         assert FirstInteraction.select().count() == MESSAGES * RECIPIENTS
     assert stored == {
         (event.message_id, event.data["recipient_number"]): event.timestamp.replace(tzinfo=None)
@@ -74,6 +80,4 @@ def test_a_large_batch_gets_addresses_unique_opens_and_first_open_times(database
     assert [e.data["unique"] for e in again(batch)] == [e.data["unique"] for e in enriched]
     assert not any(event.data["unique"] for event in again(third))
     with database.connection_context():
-        assert {
-            (row.message_id, row.number): row.first_open_at for row in MessageRecipient.select()
-        } == stored
+        assert stored_first_opens() == stored

@@ -21,7 +21,13 @@ from core import hookimpl
 from core.config import SigningKey
 from core.events import Event
 from core.sinks import SinkType
-from core.storage import EventRecord, Message, MessageRecipient, connect_database
+from core.storage import (
+    EventRecord,
+    Message,
+    MessageRecipient,
+    connect_database,
+    first_open_times,
+)
 from core.testing import Harness, base_document
 from core.tokens import TokenCodec
 from sinks.database import DatabaseSink
@@ -378,7 +384,9 @@ def test_opens_through_the_bus_are_enriched_in_batches(tmp_path, database_url):
         with runtime.db.connection_context():
             stored = {row.id: row for row in EventRecord.select()}
             first_opens = {
-                (r.message_id, r.number): r.first_open_at for r in MessageRecipient.select()
+                (f"m{m:02d}", number): at
+                for m in range(50)
+                for number, at in first_open_times(f"m{m:02d}").items()
             }
     finally:
         runtime.close()

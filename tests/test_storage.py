@@ -20,6 +20,7 @@ from core.storage import (
     MessageRecipient,
     TenantSettings,
     connect_database,
+    first_open_times,
     migrate,
 )
 from core.storage.database import MIGRATIONS, SchemaVersion
@@ -228,18 +229,12 @@ def test_message_and_recipients_round_trip(migrated):
     )
     for number, email in enumerate(["ann@example.com", "bob@example.com"]):
         MessageRecipient.create(message="m1", number=number, email=email)
-    opened = naive_utc(2024, 1, 1, 8, 30, 0, 123_456)
-    MessageRecipient.update(first_open_at=opened).where(MessageRecipient.number == 0).execute()
-
     message = Message.get_by_id("m1")
     assert (message.tenant, message.subject, message.created_at) == ("acme", "Grüße 🎉", created)
     assert message.settings == {"click_tracking": {"enable": True, "utm": {"source": "news"}}}
     assert message.data == AWKWARD_JSON
-    recipients = [
-        (r.number, r.email, r.first_open_at)
-        for r in message.recipients.order_by(MessageRecipient.number)
-    ]
-    assert recipients == [(0, "ann@example.com", opened), (1, "bob@example.com", None)]
+    recipients = [(r.number, r.email) for r in message.recipients.order_by(MessageRecipient.number)]
+    assert recipients == [(0, "ann@example.com"), (1, "bob@example.com")]
 
 
 def test_a_recipient_number_is_unique_per_message(migrated):
@@ -312,3 +307,60 @@ def test_first_interaction_keeps_the_first_event(migrated):
     FirstInteraction.insert(**{**key, "kind": "open"}, event_id="other", at=at).execute()
     rows = {(r.kind, r.event_id, r.at) for r in FirstInteraction.select()}
     assert rows == {("click", "first", at), ("open", "other", at)}
+
+
+def interaction(message: str, number: int, kind: str, key: str, at: dt.datetime) -> None:
+    FirstInteraction.create(
+        message_id=message, recipient_number=number, kind=kind, key_hash=key, event_id=key, at=at
+    )
+
+
+def test_first_open_times_are_each_stored_recipients_earliest_open(migrated):
+    at = naive_utc(2024, 5, 1, 9, 0, 0, 500)
+    Message.create(id="m1", tenant="acme")
+    Message.create(id="m2", tenant="acme")
+    for message, number in (("m1", 0), ("m1", 1), ("m1", 2), ("m2", 0)):
+        MessageRecipient.create(message=message, number=number, email=f"r{number}@{message}")
+    interaction("m1", 0, "open", "a", at + dt.timedelta(seconds=5))
+    interaction("m1", 0, "open", "b", at)  # an open with another key, earlier
+    interaction("m1", 1, "click", "c", at)  # a click is not an open
+    interaction("m1", 2, "open", "d", at + dt.timedelta(hours=1))
+    interaction("m1", 7, "open", "e", at)  # no such recipient stored
+    interaction("m2", 0, "open", "f", at + dt.timedelta(days=1))
+    assert first_open_times("m1") == {0: at, 2: at + dt.timedelta(hours=1)}
+    assert first_open_times("m2") == {0: at + dt.timedelta(days=1)}
+    assert first_open_times("m3") == {}
+    MessageRecipient.delete().where(MessageRecipient.number == 2).execute()
+    assert first_open_times("m1") == {0: at}
+
+
+def test_migrate_keeps_first_open_times_stored_on_recipients(db):
+    """A database from before first-open times were read from the first interactions: its
+    times stay readable, and opens already claimed keep their owner."""
+    at = naive_utc(2024, 5, 1, 9, 0, 0, 500)
+    hashed_empty_key = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    with db.connection_context():
+        db.create_tables([SchemaVersion])
+        for step in MIGRATIONS[:3]:
+            step(db)
+        SchemaVersion.create(id=1, version=3)
+        db.execute_sql("ALTER TABLE message_recipients ADD COLUMN first_open_at TIMESTAMP")
+        Message.create(id="m1", tenant="acme")
+        for number in range(3):
+            MessageRecipient.create(message="m1", number=number, email=f"r{number}@m1")
+        interaction("m1", 0, "open", hashed_empty_key, at)
+        db.execute_sql(
+            "UPDATE message_recipients SET first_open_at = "
+            + ("%s" if isinstance(db, pw.PostgresqlDatabase) else "?")
+            + " WHERE number IN (0, 1)",
+            (at,),
+        )
+    assert migrate(db) == len(MIGRATIONS)
+    with db.connection_context():
+        assert "first_open_at" not in {c.name for c in db.get_columns("message_recipients")}
+        assert first_open_times("m1") == {0: at, 1: at}
+        owners = {
+            (r.recipient_number, r.event_id)
+            for r in FirstInteraction.select().where(FirstInteraction.kind == "open")
+        }
+    assert owners == {(0, hashed_empty_key), (1, "")}

@@ -1,6 +1,7 @@
 """Storage: peewee models and the database they live in (SQLite by default, or PostgreSQL)."""
 
 from core.storage.database import connect_database, migrate, ping
+from core.storage.first_opens import first_open_times
 from core.storage.models import (
     MODELS,
     EventRecord,
@@ -20,6 +21,7 @@ __all__ = [
     "TenantSettings",
     "connect_database",
     "database_proxy",
+    "first_open_times",
     "migrate",
     "ping",
 ]

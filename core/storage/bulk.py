@@ -5,13 +5,13 @@ database's own work on them. These helpers write the statement once and let the 
 over every row. On SQLite (in process, no round trips) that is ``executemany``, or a statement
 per page of rows. On PostgreSQL inserts go through ``COPY`` (the cheapest way in, for client
 and server); updates and reads send each column as one array parameter, turned back into rows
-by ``unnest``: one statement and one round trip per batch, the arrays adapted by the driver in
-C. The caller holds the connection and the transaction.
+by ``unnest``: one statement and one round trip per batch, each array sent as one literal.
+The caller holds the connection, and the transaction when statements must share one.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import datetime as dt
 import io
 import json
@@ -35,8 +35,37 @@ def _unnest(db: pw.Database, fields: Sequence[pw.Field], names: str) -> str:
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows turned into one list per column: the arrays ``_unnest`` takes."""
+    """Rows turned into one list per column."""
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def _arrays(rows: Sequence[Sequence[Any]], width: int) -> list[str]:
+    """Rows turned into one array literal per column: the parameters ``_unnest`` takes. The
+    driver adapts a list value by value (a tenth of a second per 10,000 rows); one string per
+    column, parsed by the server, costs a fraction of that."""
+    return [_array_literal(column) for column in _columns(rows, width)]
+
+
+def _array_literal(values: Sequence[Any]) -> str:
+    """``values`` (text, integers, datetimes, booleans or ``None``) as a PostgreSQL array
+    literal."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return "{" + ",".join(map(str, values)) + "}"
+    if kinds in ({str}, {dt.datetime}):
+        quoted = '","'.join(map(str, values))
+        # Nothing to escape (the usual case) when the only quotes are the separators'.
+        if "\\" not in quoted and quoted.count('"') == 2 * (len(values) - 1):
+            return '{"' + quoted + '"}'
+    return "{" + ",".join(map(_array_element, values)) + "}"
+
+
+def _array_element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _json_values(
@@ -60,22 +89,23 @@ def insert_ignoring_conflicts(
     fields: Sequence[pw.Field],
     rows: Sequence[Sequence[Any]],
 ) -> None:
-    """``INSERT`` ``rows`` (one value per field, in order) into the fields' table; a row that
-    conflicts with a unique key already stored is skipped. JSON fields take Python values and
-    are stored exactly as peewee stores them."""
+    """``INSERT`` ``rows`` (one value per field, in order) into the fields' table, all or none:
+    in the caller's transaction, or else in one of their own. A row that conflicts with a unique
+    key already stored is skipped. JSON fields take Python values and are stored exactly as
+    peewee stores them."""
     if not rows:
         return
     table = fields[0].model._meta.table_name
     columns = ", ".join(f'"{field.column_name}"' for field in fields)
-    rows = _json_values(fields, rows)
     cursor = db.cursor()  # type: ignore[no-untyped-call]
     # Names come from the models and values are bound or escaped, never interpolated.
     if _is_postgres(db):
-        text = "".join(map(_copy_line, rows))
+        text = _copy_text(fields, rows)
         # Rows are almost never stored already (only a batch delivered again is): COPY them
-        # straight in, and only if one conflicts undo that and go the long way round.
+        # straight in, and only if one conflicts undo that and go the long way round. Outside
+        # a transaction the COPY is one of its own: one round trip, no BEGIN and COMMIT.
         try:
-            with db.atomic():
+            with db.atomic() if db.in_transaction() else contextlib.nullcontext():
                 cursor.copy_expert(f'COPY "{table}" ({columns}) FROM STDIN', io.StringIO(text))
             return
         except Exception as exc:
@@ -84,31 +114,21 @@ def insert_ignoring_conflicts(
         # COPY into a per-session staging table, then one INSERT ... SELECT: the cheapest way
         # in, for the client and the server, that can still skip conflicting rows.
         staging = f"_incoming_{table}"
-        cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE "{table}")')
-        cursor.copy_expert(f'COPY "{staging}" ({columns}) FROM STDIN', io.StringIO(text))
-        cursor.execute(
-            f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM "{staging}" '  # noqa: S608
-            "ON CONFLICT DO NOTHING"
-        )
-        cursor.execute(f'TRUNCATE "{staging}"')  # empty for the next call, even in this transaction
+        with db.atomic():
+            cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE "{table}")')
+            cursor.copy_expert(f'COPY "{staging}" ({columns}) FROM STDIN', io.StringIO(text))
+            cursor.execute(
+                f'INSERT INTO "{table}" ({columns}) SELECT {columns} '  # noqa: S608
+                f'FROM "{staging}" ON CONFLICT DO NOTHING'
+            )
+            cursor.execute(f'TRUNCATE "{staging}"')  # empty for the next call, in any transaction
         return
+    rows = _json_values(fields, rows)
     # SQLite stores JSON through json(), as peewee does.
     marks = ", ".join("json(?)" if isinstance(field, pw.JSONField) else "?" for field in fields)
     sql = f'INSERT INTO "{table}" ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING'  # noqa: S608
-    cursor.executemany(sql, rows)
-
-
-@dataclasses.dataclass(frozen=True)
-class SetFromInserted:
-    """Part of an insert: on the stored rows of ``target``'s table whose ``keys`` equal an
-    inserted row's ``sources``, set ``target`` to that row's ``value`` unless already set; only
-    for inserted rows whose ``when[0]`` equals ``when[1]``, each naming a distinct target row."""
-
-    target: pw.Field
-    keys: tuple[pw.Field, ...]
-    sources: tuple[pw.Field, ...]
-    value: pw.Field
-    when: tuple[pw.Field, Any]
+    with db.atomic():
+        cursor.executemany(sql, rows)
 
 
 def insert_new(
@@ -116,12 +136,10 @@ def insert_new(
     fields: Sequence[pw.Field],
     rows: Sequence[Sequence[Any]],
     returning: Sequence[pw.Field],
-    then: SetFromInserted | None = None,
 ) -> list[tuple[Any, ...]]:
     """``INSERT`` ``rows`` (one value per field, in order, no JSON fields), skipping each that
     conflicts with a row already stored, and answer the ``returning`` fields of the rows this
-    call inserted. ``then`` is done with the insert. On PostgreSQL all of it is one statement
-    and one round trip: the insert, ``then``'s update on what it inserted, and the answer."""
+    call inserted. On PostgreSQL that is one statement and one round trip."""
     if not rows:
         return []
     table = fields[0].model._meta.table_name
@@ -131,16 +149,11 @@ def insert_new(
     cursor = db.cursor()  # type: ignore[no-untyped-call]
     # Names come from the models and values are bound, never interpolated.
     if _is_postgres(db):
-        update, parameters = "", _columns(rows, len(fields))
-        if then is not None:
-            update = _update_from_inserted(then) + " "
-            parameters.append(then.when[1])
         cursor.execute(
-            f'WITH ins AS (INSERT INTO "{table}" ({columns}) '  # noqa: S608
+            f'INSERT INTO "{table}" ({columns}) '  # noqa: S608
             f"SELECT * FROM {_unnest(db, fields, columns)} ON CONFLICT DO NOTHING "
-            f"RETURNING {', '.join(names[i] for i in picks)}{_also_returned(fields, then)}) "
-            f"{update}SELECT {', '.join(names[i] for i in picks)} FROM ins",
-            parameters,
+            f"RETURNING {', '.join(names[i] for i in picks)}",
+            _arrays(rows, len(fields)),
         )
         return [tuple(row) for row in cursor.fetchall()]
     marks = ", ".join("?" * len(fields))
@@ -150,19 +163,6 @@ def insert_new(
         cursor.execute(sql, row)
         if cursor.rowcount:
             inserted.append(row)
-    if then is not None:
-        value, when = _position(fields, then.value), _position(fields, then.when[0])
-        sources = [_position(fields, field) for field in then.sources]
-        set_where_null(
-            db,
-            then.target,
-            then.keys,
-            [
-                (row[value], *(row[i] for i in sources))
-                for row in inserted
-                if row[when] == then.when[1]
-            ],
-        )
     return [tuple(row[i] for i in picks) for row in inserted]
 
 
@@ -171,29 +171,8 @@ def _position(fields: Sequence[pw.Field], field: pw.Field) -> int:
     return next(i for i, candidate in enumerate(fields) if candidate is field)
 
 
-def _also_returned(fields: Sequence[pw.Field], then: SetFromInserted | None) -> str:
-    """The columns ``then`` reads from the inserted rows, returned by the insert for it."""
-    if then is None:
-        return ""
-    needed = (then.value, *then.sources, then.when[0])
-    return "".join(f', "{field.column_name}" AS "_{i}"' for i, field in enumerate(needed))
-
-
-def _update_from_inserted(then: SetFromInserted) -> str:
-    """``then`` as a data-modifying ``WITH`` item over ``ins`` (the names ``_also_returned``
-    gives), its ``when`` value the statement's last parameter."""
-    table = then.target.model._meta.table_name
-    column = then.target.column_name
-    match = " AND ".join(
-        f't."{key.column_name}" = ins."_{i + 1}"' for i, key in enumerate(then.keys)
-    )
-    return (
-        f', upd AS (UPDATE "{table}" AS t SET "{column}" = ins."_0" FROM ins '  # noqa: S608
-        f'WHERE {match} AND t."{column}" IS NULL AND ins."_{len(then.keys) + 1}" = %s)'
-    )
-
-
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIALS = ("\\", "\t", "\n", "\r")
 
 
 def _copy_value(value: Any) -> str:
@@ -209,37 +188,31 @@ def _copy_value(value: Any) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
-def _copy_line(row: Sequence[Any]) -> str:
-    return "\t".join(map(_copy_value, row)) + "\n"
-
-
-def set_where_null(
-    db: pw.Database,
-    target: pw.Field,
-    keys: Sequence[pw.Field],
-    rows: Sequence[Sequence[Any]],
-) -> None:
-    """For each row ``(value, *key values)``: set ``target`` to ``value`` on the stored row
-    whose ``keys`` match, unless it is already set. Rows must name distinct keys."""
-    if not rows:
-        return
-    table = target.model._meta.table_name
-    column = target.column_name
-    cursor = db.cursor()  # type: ignore[no-untyped-call]
-    # Names come from the models and values are bound, never interpolated.
-    if _is_postgres(db):
-        names = ", ".join(f"k{i}" for i in range(len(keys)))
-        match = " AND ".join(f't."{key.column_name}" = v.k{i}' for i, key in enumerate(keys))
-        cursor.execute(
-            f'UPDATE "{table}" AS t SET "{column}" = v.value '  # noqa: S608
-            f"FROM {_unnest(db, (target, *keys), f'value, {names}')} "
-            f'WHERE {match} AND t."{column}" IS NULL',
-            _columns(rows, 1 + len(keys)),
+def _copy_text(fields: Sequence[pw.Field], rows: Sequence[Sequence[Any]]) -> str:
+    """``rows`` in COPY's text format, JSON fields' values as JSON text. Built column by
+    column: a column of one plain type is converted in one pass the interpreter makes in C,
+    which for thousands of rows costs a fraction of converting value by value."""
+    columns = _columns(rows, len(fields))
+    texts = [
+        _copy_column(
+            [None if value is None else json.dumps(value) for value in column]
+            if isinstance(field, pw.JSONField)
+            else column
         )
-        return
-    match = " AND ".join(f'"{key.column_name}" = ?' for key in keys)
-    sql = f'UPDATE "{table}" SET "{column}" = ? WHERE {match} AND "{column}" IS NULL'  # noqa: S608
-    cursor.executemany(sql, rows)
+        for field, column in zip(fields, columns, strict=True)
+    ]
+    return "\n".join(map("\t".join, zip(*texts, strict=True))) + "\n"
+
+
+def _copy_column(values: list[Any]) -> list[str]:
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        joined = "".join(values)
+        if not any(special in joined for special in _COPY_SPECIALS):
+            return values
+    elif kinds in ({int}, {dt.datetime}):
+        return list(map(str, values))  # str() of a datetime is isoformat(" ")
+    return list(map(_copy_value, values))
 
 
 def select_matching(
@@ -261,10 +234,13 @@ def select_matching(
     cursor = db.cursor()  # type: ignore[no-untyped-call]
     # Names come from the models and values are bound, never interpolated.
     if _is_postgres(db):
+        # Each key looked up through the index (OFFSET 0 keeps the planner from turning the
+        # lookups into a join): a hash join over a new or small table's every row would cost
+        # ten times as much for a batch.
         cursor.execute(
-            f'SELECT {selected} FROM {_unnest(db, keys, names)} JOIN "{table}" AS t '  # noqa: S608
-            f"ON {match}",
-            _columns(values, len(keys)),
+            f"SELECT {selected} FROM {_unnest(db, keys, names)} "  # noqa: S608
+            f'CROSS JOIN LATERAL (SELECT * FROM "{table}" AS t WHERE {match} OFFSET 0) AS t',
+            _arrays(values, len(keys)),
         )
         return [tuple(row) for row in cursor.fetchall()]
     # A join, not ``(keys) IN (VALUES ...)``: SQLite scans the whole table for the latter.

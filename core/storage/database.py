@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +61,28 @@ def _suppressions(db: pw.Database) -> None:
     db.create_tables([Suppression], safe=True)
 
 
-MIGRATIONS: Sequence[Migration] = (_initial, _first_interactions, _suppressions)
+def _first_open_times_from_interactions(db: pw.Database) -> None:
+    """Drop ``message_recipients.first_open_at``: first-open times are read from the first
+    interactions (see core/storage/first_opens.py). A time stored without its interaction
+    (none is, unless written by hand) becomes one owned by no event, so it is kept."""
+    if "first_open_at" not in {c.name for c in db.get_columns(MessageRecipient._meta.table_name)}:
+        return  # created by _initial from the current model
+    db.execute_sql(  # type: ignore[no-untyped-call]
+        "INSERT INTO first_interactions "
+        "(message_id, recipient_number, kind, key_hash, event_id, at) "
+        "SELECT message_id, number, %s, %s, '', first_open_at FROM message_recipients "
+        "WHERE first_open_at IS NOT NULL ON CONFLICT DO NOTHING".replace("%s", db.param),
+        ("open", hashlib.sha256(b"").hexdigest()),
+    )
+    db.execute_sql("ALTER TABLE message_recipients DROP COLUMN first_open_at")  # type: ignore[no-untyped-call]
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _initial,
+    _first_interactions,
+    _suppressions,
+    _first_open_times_from_interactions,
+)
 """Applied in order; index + 1 is the schema version a migration brings the database to."""
 
 

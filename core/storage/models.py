@@ -45,12 +45,15 @@ class Message(BaseModel):
 
 
 class MessageRecipient(BaseModel):
-    """One recipient of a message; ``number`` (0-based, in send order) is what tokens carry."""
+    """One recipient of a message; ``number`` (0-based, in send order) is what tokens carry.
+
+    Its first-open time is not stored here but read from its first interactions
+    (:func:`core.storage.first_open_times`): the open that decides it records it once.
+    """
 
     message = pw.ForeignKeyField(Message, backref="recipients", on_delete="CASCADE")
     number = pw.IntegerField()
     email = pw.CharField(max_length=320)
-    first_open_at = pw.DateTimeField(null=True)
 
     class Meta:
         table_name = "message_recipients"
