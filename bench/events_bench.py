@@ -232,6 +232,12 @@ def goal_text(rate: float, goal: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="events per measurement")
+    parser.add_argument(
+        "--database", choices=sorted(GOALS), action="append", help="only these (repeatable)"
+    )
+    parser.add_argument(
+        "--kind", choices=("plain", "open"), action="append", help="only these (repeatable)"
+    )
     args = parser.parse_args()
     logs.configure("warning", json=True)
     backends = ["sqlite"]
@@ -239,13 +245,14 @@ def main() -> None:
         backends.append("postgresql")
     else:
         print("SCAISEND_TEST_POSTGRES_URL is not set: PostgreSQL is not measured")
+    backends = [backend for backend in backends if backend in (args.database or backends)]
+    kinds = args.kind or ["plain", "open"]
 
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="events-bench-") as tmp:
         scratch = Path(tmp)
         for backend in backends:
             plain = make_events("plain", args.events)
-            opens = make_events("open", args.events)
             baseline = measure(
                 backend,
                 f"baseline: insert_many, {BASELINE_BATCH:,} rows/transaction",
@@ -258,7 +265,8 @@ def main() -> None:
                 scratch,
                 lambda db, events=plain: run_one_by_one(db, events),
             )
-            for kind, events in (("plain", plain), ("open", opens)):
+            for kind in kinds:
+                events = plain if kind == "plain" else make_events(kind, args.events)
                 rate = measure(
                     backend,
                     f"bus, {kind} events",
