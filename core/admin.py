@@ -92,7 +92,7 @@ async def put_tracking(tenant_id: str) -> JsonResponse:
         patch = runtime.settings.unflatten(body)
 
         def check(overrides: dict[str, Any]) -> None:
-            runtime.settings.effective(tenant, overrides)
+            runtime.settings.applicable(tenant, overrides, keep=patch)
 
         await anyio.to_thread.run_sync(runtime.overrides.merge, tenant.id, patch, check)
     except SettingsError as exc:

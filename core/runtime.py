@@ -20,7 +20,7 @@ from core.events import Event, EventBus, Journal
 from core.features import Feature, OrderedFeatures
 from core.overrides import StoredOverrides
 from core.plugins import Implementation, PluginHost, build_plugin_manager
-from core.settings import SettingsLayers, deep_merge
+from core.settings import SettingsError, SettingsLayers, deep_merge
 from core.sinks import Sink, SinkType
 from core.storage import connect_database, migrate
 from core.suppressions import SuppressionStore
@@ -246,7 +246,14 @@ class Runtime:
     def effective_settings(
         self, tenant: Tenant, request: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        return self.settings.effective(tenant, self.overrides.get(tenant.id), request)
+        stored = self.overrides.get(tenant.id)
+        try:
+            return self.settings.effective(tenant, stored, request)
+        except SettingsError:
+            usable = self.settings.applicable(tenant, stored) if stored else stored
+            if usable == stored:
+                raise  # the request's own settings are wrong
+            return self.settings.effective(tenant, usable, request)
 
 
 def current_runtime() -> Runtime:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+import structlog
 
 from core.config import Tenant, thaw
 from core.features import OrderedFeatures
@@ -31,6 +32,40 @@ class SettingsError(ValueError):
 
 
 _KNOWN_LIMIT = 256
+
+log = structlog.get_logger("scaisend.settings")
+
+
+def _leaves(value: Any) -> int:
+    if isinstance(value, Mapping):
+        return sum(_leaves(item) for item in value.values()) or 1
+    return 1
+
+
+def _has_path(settings: Mapping[str, Any], path: list[str]) -> bool:
+    node: Any = settings
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _drop(settings: dict[str, Any], path: list[str]) -> bool:
+    """Remove the deepest stored entry on ``path`` (the whole of it when it is stored);
+    whether anything was removed."""
+    node: Any = settings
+    parents: list[tuple[dict[str, Any], str]] = []
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            break
+        parents.append((node, part))
+        node = node[part]
+    if not parents:
+        return False
+    container, key = parents[-1]
+    del container[key]
+    return True
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,6 +88,8 @@ class SettingsLayers:
     # caller its own copy), by their layers as JSON text: the sends of one tenant mostly repeat
     # the same few combinations.
     _known: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Stored overrides that still apply, by the layers they were worked out from.
+    _applicable: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -96,6 +133,58 @@ class SettingsLayers:
                     self._known.clear()
                 self._known[key] = text
         return merged
+
+    def applicable(
+        self, tenant: Tenant, stored: Mapping[str, Any], keep: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The stored overrides that still pass the features' schemas for ``tenant``.
+
+        An override was valid when it was stored, but a plugin upgrade can narrow a schema or
+        drop a feature, and one stale value must not stop every send of the tenant nor its
+        admin API. Each field that fails is left out (logged as ``settings.override_ignored``,
+        never deleted: a later schema may accept it again), except fields of ``keep`` (an
+        update being made), whose errors are raised as :class:`SettingsError`.
+        """
+        key = None
+        if keep is None:  # what a send asks for again and again: worked out (and logged) once
+            key = json.dumps([tenant.id, thaw(tenant.tracking), stored], sort_keys=True)
+            if (known_usable := self._applicable.get(key)) is not None:
+                copied: dict[str, Any] = json.loads(known_usable)
+                return copied
+        usable = self._usable(tenant, stored, keep)
+        if key is not None:
+            if len(self._applicable) >= _KNOWN_LIMIT:
+                self._applicable.clear()
+            self._applicable[key] = json.dumps(usable)
+        return usable
+
+    def _usable(
+        self, tenant: Tenant, stored: Mapping[str, Any], keep: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        known = {feature.name for feature in self.features}
+        usable = {name: thaw(value) for name, value in stored.items() if name in known}
+        for name in stored.keys() - known:
+            log.warning("settings.override_ignored", tenant=tenant.id, field=name, reason="unknown")
+        for _ in range(_leaves(usable) + 1):
+            try:
+                self.effective(tenant, usable)
+                return usable
+            except SettingsError as exc:
+                path = exc.field.split(".")
+                if keep is not None and _has_path(keep, path[:2]):
+                    raise  # the update itself is wrong
+                if not _drop(usable, path):
+                    if keep is not None:
+                        raise  # not a stored field's fault: refuse rather than guess
+                    break
+                log.warning(
+                    "settings.override_ignored",
+                    tenant=tenant.id,
+                    field=exc.field,
+                    reason=exc.message,
+                )
+        log.warning("settings.overrides_ignored", tenant=tenant.id)
+        return {}
 
     def check(self, settings: Mapping[str, Any], prefix: str = "") -> None:
         validator = self._validator

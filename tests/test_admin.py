@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core import Feature, InstrumentContext, StagedDocument, hookimpl
 from core.auth import ADMIN_AUDIENCE, AuthError, mint_admin_token, verify_admin_token
 from core.cli import cli
 from core.config import AdminJwt
@@ -426,6 +427,73 @@ async def test_overrides_survive_a_restart(tmp_path, database_url):
     assert (got["click_tracking_enabled"], got["ganalytics_utm_campaign"]) == (False, "spring")
     assert got["open_tracking_enabled"] is True
     assert (after["click_tracking_enabled"], after["open_tracking_enabled"]) == (False, False)
+
+
+class Levels:
+    """A third-party feature whose schema a later version narrows (``level`` at most ``top``);
+    its instrument hook writes the level it was given into the message."""
+
+    __name__ = "levels"
+
+    def __init__(self, top: int) -> None:
+        self.feature = Feature(
+            name="levels",
+            order=60,
+            settings_schema={
+                "type": "object",
+                "properties": {
+                    "enable": {"type": "boolean", "default": True},
+                    "level": {"type": "integer", "minimum": 1, "maximum": top, "default": 1},
+                },
+            },
+        )
+
+    @hookimpl
+    def register_features(self) -> list[Feature]:
+        return [self.feature]
+
+    @hookimpl
+    def instrument(self, doc: StagedDocument, ctx: InstrumentContext) -> None:
+        if doc.html is not None:
+            doc.html.append(f"<!-- level {ctx.settings['level']} -->")
+
+
+async def test_an_override_a_later_schema_refuses_is_ignored_not_fatal(
+    tmp_path, database_url, capfd
+):
+    """After an upgrade narrows a schema, the stale stored value is left out (and logged): the
+    admin API still answers, the tenant's other overrides still apply and sends still go."""
+    first = Harness(tmp_path, tenants=tenants(), plugins=[Levels(top=9)], database_url=database_url)
+    async with first.serving() as client:
+        response = await client.put(
+            PATH.format("acme"),
+            headers=bearer(first.admin_token("acme")),
+            json={"levels_level": 7, "click_tracking_enabled": False},
+        )
+        assert response.status_code == 200
+    second = Harness(
+        tmp_path, tenants=tenants(), plugins=[Levels(top=3)], database_url=database_url
+    )
+    headers = bearer(second.admin_token("acme"))
+    async with second.serving() as client:
+        got = await client.get(PATH.format("acme"), headers=headers)
+        assert got.status_code == 200
+        body = await got.get_json()
+        assert (body["levels_level"], body["click_tracking_enabled"]) == (1, False)
+        html = await _html_of_a_send(second, client)
+        assert "<!-- level 1 -->" in html
+        assert "/t/c/" not in html  # the other stored override still applies
+        # An update of another field is accepted; one of the refused field is checked as sent.
+        other = await client.put(
+            PATH.format("acme"), headers=headers, json={"ganalytics_enabled": True}
+        )
+        assert other.status_code == 200
+        bad = await client.put(PATH.format("acme"), headers=headers, json={"levels_level": 5})
+        assert bad.status_code == 400
+        assert (await bad.get_json())["field"] == "levels_level"
+        fixed = await client.put(PATH.format("acme"), headers=headers, json={"levels_level": 2})
+        assert (await fixed.get_json())["levels_level"] == 2
+    assert '"settings.override_ignored"' in capfd.readouterr().err
 
 
 async def _html_of_a_send(harness: Harness, client, tracking_settings: dict | None = None) -> str:
