@@ -106,7 +106,7 @@ def main() -> None:
 
 def worker_thread_us(runtime, calls: int = 2000) -> float:
     """Microseconds per ``PluginHost.call_sync`` of an implementation that does nothing: the
-    worker thread each feature's ``instrument`` call runs in, measured alone."""
+    hand-over to the worker thread a message's ``instrument`` calls run in, measured alone."""
     noop = Implementation(plugin_name="noop", function=lambda: None, argnames=(), plugin=object())
     host = runtime.plugins.host
     start = time.perf_counter()
@@ -303,8 +303,8 @@ def report(args: argparse.Namespace, files: list[Path], sources: list[str], runt
             )
     thread_us = statistics.median(worker_thread_us(runtime) for _ in range(3))
     print(
-        f"one plugin call's worker thread alone (call_sync of a no-op, median of 3 x 2,000): "
-        f"{thread_us:,.0f} us; a message makes one call per enabled feature (1 to 3 here)"
+        f"handing a plugin call to a worker thread alone (call_sync of a no-op, median of"
+        f" 3 x 2,000): {thread_us:,.0f} us; a message hands all its features over once"
     )
     print(_common.footer())
 
