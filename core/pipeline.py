@@ -108,15 +108,19 @@ class Part:
 
 
 def _overlaps(a: Edit, b: Edit) -> bool:
+    return _spans_overlap(a.start, a.end, b.start, b.end)
+
+
+def _spans_overlap(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
     # Two insertions at one offset are fine (they keep their order); a replacement may not
     # share any character with another edit, nor have an insertion strictly inside it.
-    if a.start == a.end and b.start == b.end:
+    if a_start == a_end and b_start == b_end:
         return False
-    if a.start == a.end:
-        return b.start < a.start < b.end
-    if b.start == b.end:
-        return a.start < b.start < a.end
-    return a.start < b.end and b.start < a.end
+    if a_start == a_end:
+        return b_start < a_start < b_end
+    if b_start == b_end:
+        return a_start < b_start < a_end
+    return a_start < b_end and b_start < a_end
 
 
 class StagedPart:
@@ -159,10 +163,10 @@ class StagedPart:
         Features check this to leave alone text another feature (or core's substitutions)
         has already claimed, rather than have their whole edit set refused.
         """
-        probe = Edit(start, end, 0, "", self.feature)
-        committed = any(_overlaps(probe, edit) for edit in self._part._edits)
-        pending = any(_overlaps(probe, Edit(s, e, 0, "", self.feature)) for s, e, _ in self.pending)
-        return not (committed or pending)
+        committed = any(_spans_overlap(start, end, e.start, e.end) for e in self._part._edits)
+        return not committed and not any(
+            _spans_overlap(start, end, s, e) for s, e, _ in self.pending
+        )
 
     def find_all(self, needle: str) -> Iterator[int]:
         """Offsets of every non-overlapping occurrence of ``needle`` in the source."""
