@@ -17,7 +17,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.pipeline import InlinePart, Recipient, Template
 from core.send.compose import Address, Attachment, Personalization, Submission
@@ -265,20 +265,21 @@ class EncodedBody:
     next begins with LF, the pair is one line break, as it is in the stamped text.
     """
 
+    literals: tuple[str, ...]
     runs: tuple[bytes, ...]
-    runs_without_leading_lf: tuple[bytes, ...]
     starts_with_lf: tuple[bool, ...]
     ends_with_cr: tuple[bool, ...]
     slots: tuple[Callable[[Recipient], str], ...]
+    # A run encoded again without its leading LF, for a recipient whose slot value before it
+    # ends with CR (the two are one line break): rare, so encoded the first time it is needed.
+    _without_leading_lf: dict[int, bytes] = field(default_factory=dict, compare=False)
 
     @classmethod
     def compile(cls, template: Template) -> EncodedBody:
         literals = template.literals
         return cls(
+            literals=tuple(literals),
             runs=tuple(_qp_run(literal) for literal in literals),
-            runs_without_leading_lf=tuple(
-                _qp_run(literal[1:]) if literal.startswith("\n") else b"" for literal in literals
-            ),
             starts_with_lf=tuple(literal.startswith("\n") for literal in literals),
             ends_with_cr=tuple(literal.endswith("\r") for literal in literals),
             slots=template.slots,
@@ -298,7 +299,10 @@ class EncodedBody:
                 pending_cr = value.endswith("\r")
                 out.append(_qp_run(value))
             if pending_cr and self.starts_with_lf[index]:
-                out.append(self.runs_without_leading_lf[index])
+                run = self._without_leading_lf.get(index)
+                if run is None:
+                    run = self._without_leading_lf[index] = _qp_run(self.literals[index][1:])
+                out.append(run)
             else:
                 out.append(self.runs[index])
             if self.runs[index]:
