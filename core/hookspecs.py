@@ -133,7 +133,10 @@ def instrument(doc: StagedDocument, ctx: InstrumentContext) -> None:
 
     The call's edits take effect only if it returns within the plugin time budget without
     raising and none of them overlaps an earlier feature's edit; otherwise they are discarded,
-    the failure is logged as ``plugin.failed`` and the message goes out without this feature.
+    the failure is logged as ``plugin.failed`` (``plugin.timeout`` for an overrun) and the
+    message goes out without this feature. The features of one message are called one after
+    another on a worker thread, not the sender's (so context variables of the caller are not
+    set), each with its own budget; an earlier feature's edits are merged before the next call.
     """
 
 
