@@ -87,11 +87,23 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     from hypercorn.config import Config as HypercornConfig
 
     from core.app import create_app
+    from core.delivery import DeliveryProcess
+    from core.runtime import EXTENSION, Runtime
 
     http = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     plugins, config = _load(config_path, **({"http": http} if http else {}))
     _warn_embedded(config)
     app = create_app(config, plugins)
+    runtime: Runtime = app.extensions[EXTENSION]
+    delivery = None
+    if config.sinks:
+        # The sinks' work (enrichment, database writes) in a process of its own, off the
+        # interpreter that answers requests.
+        assert runtime.bus is not None
+        runtime.bus.deliver_elsewhere()
+        delivery = DeliveryProcess(
+            config_path, click.get_current_context().find_root().params["log_level"]
+        )
     hypercorn = HypercornConfig()
     hypercorn.bind = [f"{config.http_host}:{config.http_port}"]
     hypercorn.accesslog = None
@@ -118,10 +130,17 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     # the event loop for milliseconds at a time.
     gc.collect()
     gc.freeze()
-    # The event loop waits at most this long for the interpreter while a sink's thread works
-    # through a batch (the default, 5 ms, alone would spend a whole p99 latency budget).
+    # The event loop waits at most this long for the interpreter while another thread works
+    # (a database call of the API, a plugin call); the default, 5 ms, alone would spend a
+    # whole p99 latency budget.
     sys.setswitchinterval(0.0005)
-    anyio.run(run)
+    if delivery is not None:
+        delivery.start()
+    try:
+        anyio.run(run)
+    finally:
+        if delivery is not None:
+            delivery.stop()  # after the last answer and the journal's last sync
 
 
 @cli.command("check-config")

@@ -7,6 +7,12 @@ The journal is fsynced in groups by a background thread, and every sink has its 
 its own cursor into the journal: a slow or failing sink falls behind and catches up later
 without delaying a response or any other sink. After a restart each sink resumes from its
 saved cursor, so delivery is at least once; events carry a unique id for idempotency.
+
+The sinks' threads run in the process that writes the journal, or in another process that
+follows it (:class:`JournalReader`; ``scaisend serve`` does this, see core.delivery), so that
+their work never competes with the server's requests for the interpreter. The writer alone
+empties a journal every sink has taken; the journal's *generation* (a number beside it, saved
+with the cursors) tells a follower it was emptied.
 """
 
 from __future__ import annotations
@@ -91,6 +97,44 @@ class JournalLocked(RuntimeError):
     """Another live process owns this journal."""
 
 
+def _read_generation(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_lines(
+    fd: int, path: Path, offset: int, end: int, max_bytes: int
+) -> tuple[list[Event], int]:
+    """Complete events of the file ``fd`` from ``offset``, and the offset after the last one."""
+    if offset >= end:
+        return [], offset
+    chunk = os.pread(fd, min(max_bytes, end - offset), offset)
+    cut = chunk.rfind(b"\n")
+    if cut == -1:
+        # One line longer than max_bytes: read it whole.
+        chunk = os.pread(fd, end - offset, offset)
+        cut = chunk.rfind(b"\n")
+        if cut == -1:
+            return [], offset
+    events: list[Event] = []
+    for line in chunk[: cut + 1].splitlines():
+        if not line:
+            continue
+        try:
+            events.append(Event.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("journal.corrupt_line", path=str(path), error=repr(exc))
+    return events, offset + cut + 1
+
+
 class Journal:
     """An append-only file of JSON lines, owned by one process at a time."""
 
@@ -107,6 +151,8 @@ class Journal:
                 "data directory its own server.node_id"
             ) from None
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._generation_path = directory / f"{node_id}.generation"
+        self.generation = _read_generation(self._generation_path)
         self._write_lock = threading.Lock()
         self._end = os.fstat(self._fd).st_size
         self._synced = self._end
@@ -130,26 +176,7 @@ class Journal:
 
     def read(self, offset: int, max_bytes: int = 1 << 20) -> tuple[list[Event], int]:
         """Complete events from ``offset``; returns them and the offset after the last one."""
-        end = self._end
-        if offset >= end:
-            return [], offset
-        chunk = os.pread(self._fd, min(max_bytes, end - offset), offset)
-        cut = chunk.rfind(b"\n")
-        if cut == -1:
-            # One line longer than max_bytes: read it whole.
-            chunk = os.pread(self._fd, end - offset, offset)
-            cut = chunk.rfind(b"\n")
-            if cut == -1:
-                return [], offset
-        events: list[Event] = []
-        for line in chunk[: cut + 1].splitlines():
-            if not line:
-                continue
-            try:
-                events.append(Event.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("journal.corrupt_line", path=str(self.path), error=repr(exc))
-        return events, offset + cut + 1
+        return _read_lines(self._fd, self.path, offset, self._end, max_bytes)
 
     def sync(self) -> None:
         end = self._end
@@ -160,7 +187,8 @@ class Journal:
     def truncate_if(self, caught_up: int, then: Callable[[], None]) -> bool:
         """Empty the journal if ``caught_up`` (every sink's cursor) is its end.
 
-        ``then`` (resetting the cursors) runs before any further append can happen.
+        The journal's generation goes up by one; ``then`` (resetting the cursors) runs before
+        any further append can happen.
         """
         with self._write_lock:
             if caught_up != self._end or self._end == 0:
@@ -168,6 +196,8 @@ class Journal:
             os.ftruncate(self._fd, 0)
             os.fsync(self._fd)
             self._end = self._synced = 0
+            self.generation += 1
+            _write_atomically(self._generation_path, str(self.generation))
             then()
             return True
 
@@ -178,23 +208,72 @@ class Journal:
         os.close(self._lock_fd)
 
 
-class Cursors:
-    """Each sink's offset into the journal, saved atomically beside it."""
+class JournalReader:
+    """The journal of ``node_id`` as another process writes it: read, never written.
 
-    def __init__(self, path: Path, journal_end: int) -> None:
+    Its end is the file's size: the writer appends whole lines with one ``write(2)`` each,
+    and a line still being written is not read until its newline is there.
+    """
+
+    def __init__(self, directory: Path, node_id: str = "main") -> None:
+        self.path = directory / f"{node_id}.journal"
+        self._generation_path = directory / f"{node_id}.generation"
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600)
+
+    @property
+    def end(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    @property
+    def generation(self) -> int:
+        return _read_generation(self._generation_path)
+
+    def read(self, offset: int, max_bytes: int = 1 << 20) -> tuple[list[Event], int]:
+        return _read_lines(self._fd, self.path, offset, self.end, max_bytes)
+
+    def append(self, event: Event) -> int:
+        raise OSError(f"{self.path} is written by another process")
+
+    def sync(self) -> None:
+        return None
+
+    def truncate_if(self, caught_up: int, then: Callable[[], None]) -> bool:
+        return False  # only the writer empties its journal
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Cursors:
+    """Each sink's offset into the journal, saved atomically beside it with the journal's
+    generation they belong to."""
+
+    def __init__(self, path: Path, journal_end: int, journal_generation: int = 0) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self.generation = 0
-        self.offsets: dict[str, int] = {}
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-                self.offsets = {str(k): int(v) for k, v in saved.items()}
-            except (ValueError, TypeError, AttributeError) as exc:
-                log.error("journal.cursors_unreadable", path=str(path), error=repr(exc))
+        self.generation, self.offsets = self.saved(path)
+        if self.generation != journal_generation:  # the journal was emptied since
+            self.generation = journal_generation
+            self.offsets = dict.fromkeys(self.offsets, 0)
         for name, offset in list(self.offsets.items()):
             if offset > journal_end:  # the journal was emptied after these were written
                 self.offsets[name] = 0
+
+    @staticmethod
+    def saved(path: Path) -> tuple[int, dict[str, int]]:
+        """The generation and offsets last saved at ``path`` (``0, {}`` when none are)."""
+        try:
+            saved = json.loads(path.read_text())
+            if isinstance(saved, dict) and "offsets" in saved:
+                return int(saved["generation"]), {
+                    str(k): int(v) for k, v in saved["offsets"].items()
+                }
+            return 0, {str(k): int(v) for k, v in saved.items()}  # written before generations
+        except FileNotFoundError:
+            return 0, {}
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            log.error("journal.cursors_unreadable", path=str(path), error=repr(exc))
+            return 0, {}
 
     def get(self, name: str) -> int:
         with self._lock:
@@ -211,16 +290,19 @@ class Cursors:
                 self.offsets[name] = offset
                 self._save()
 
-    def reset(self) -> None:
+    def reset(self, generation: int) -> None:
+        """Every cursor back to the start of the journal's ``generation``."""
         with self._lock:
-            self.generation += 1
+            if generation == self.generation:
+                return  # another sink's thread saw the change first
+            self.generation = generation
             self.offsets = dict.fromkeys(self.offsets, 0)
             self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.offsets))
-        os.replace(tmp, self.path)
+        _write_atomically(
+            self.path, json.dumps({"generation": self.generation, "offsets": self.offsets})
+        )
 
 
 @dataclass
@@ -236,7 +318,7 @@ class EventBus:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: Journal | JournalReader,
         sinks: Sequence[Sink],
         *,
         batch_bytes: int = 1 << 20,
@@ -245,6 +327,7 @@ class EventBus:
         max_backoff: float = 30.0,
         compact_bytes: int = 64 << 20,
         enrich: Callable[[Sequence[Event]], Sequence[Event]] | None = None,
+        poll_interval: float = 0.5,
     ) -> None:
         """``enrich`` turns each batch read from the journal into what sinks receive; it is
         called from every sink's thread and must be idempotent (see core.enrichment).
@@ -252,12 +335,18 @@ class EventBus:
         A sink that finds less than ``batch_bytes`` waiting lets events gather for ``linger``
         seconds first: under load, one transaction then carries the many events that arrived
         meanwhile instead of one each, which costs the event loop far less interpreter time.
+        A sink that has taken everything looks again after ``poll_interval`` seconds, or as
+        soon as this process emits.
         """
         names = [sink.name for sink in sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
         self.journal = journal
-        self.cursors = Cursors(journal.path.with_suffix(".cursors"), journal.end)
+        self.cursors = Cursors(
+            journal.path.with_suffix(".cursors"), journal.end, journal.generation
+        )
+        self._status_path = journal.path.with_suffix(".status")
+        self._status_lock = threading.Lock()
         self._states = {sink.name: SinkState(sink) for sink in sinks}
         for name in list(self.cursors.offsets):
             if name not in self._states:
@@ -268,6 +357,8 @@ class EventBus:
         self._max_backoff = max_backoff
         self._compact_bytes = compact_bytes
         self._enrich = enrich
+        self._poll_interval = poll_interval
+        self._elsewhere = False
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -283,11 +374,22 @@ class EventBus:
         with self._changed:
             self._changed.notify_all()
 
+    def deliver_elsewhere(self) -> None:
+        """Leave the sinks to another process following this journal (core.delivery).
+
+        Call before :meth:`start`, which then starts no sink thread: this process still
+        syncs the journal, empties it once that process has taken everything, and reports
+        that process's progress in :meth:`lag`, :meth:`status` and :meth:`flush`.
+        """
+        self._elsewhere = True
+
     def start(self) -> None:
         if self._started:
             return
         self._started = True
         for name, state in self._states.items():
+            if self._elsewhere:
+                break
             state.thread = threading.Thread(
                 target=self._deliver, args=(name,), name=f"sink:{name}", daemon=True
             )
@@ -295,24 +397,47 @@ class EventBus:
         self._syncer = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
         self._syncer.start()
 
+    def _taken(self) -> dict[str, int]:
+        """Where each sink is in the journal."""
+        if not self._elsewhere:
+            return {name: self.cursors.get(name) for name in self._states}
+        generation, offsets = Cursors.saved(self.cursors.path)
+        if generation != self.journal.generation:
+            return dict.fromkeys(self._states, 0)  # the follower has yet to see it emptied
+        return {name: offsets.get(name, 0) for name in self._states}
+
     def lag(self) -> dict[str, int]:
         """Bytes of journal each sink has yet to take."""
         end = self.journal.end
-        return {name: end - self.cursors.get(name) for name in self._states}
+        return {name: max(0, end - taken) for name, taken in self._taken().items()}
 
     def status(self) -> dict[str, dict[str, Any]]:
         lag = self.lag()
+        saved: dict[str, Any] = {}
+        if self._elsewhere:
+            with contextlib.suppress(OSError, ValueError):
+                saved = json.loads(self._status_path.read_text())
         return {
-            name: {"lag_bytes": lag[name], "failures": state.failures, "error": state.last_error}
+            name: {
+                "lag_bytes": lag[name],
+                **(
+                    {"failures": 0, "error": None, **saved.get(name, {})}
+                    if self._elsewhere
+                    else {"failures": state.failures, "error": state.last_error}
+                ),
+            }
             for name, state in self._states.items()
         }
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every sink has taken everything emitted so far."""
-        target = self.journal.end
+        target, generation = self.journal.end, self.journal.generation
         deadline = time.monotonic() + timeout
         with self._changed:
-            while any(self.cursors.get(name) < target for name in self._states):
+            # An emptied journal was taken whole by every sink.
+            while generation == self.journal.generation and any(
+                taken < target for taken in self._taken().values()
+            ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -322,7 +447,8 @@ class EventBus:
     def stop(self, timeout: float = 10.0) -> None:
         """Let sinks drain for up to ``timeout`` seconds, then stop and close everything."""
         if self._started:
-            self.flush(timeout)
+            if not self._elsewhere:  # the follower drains on its own
+                self.flush(timeout)
             self._stopping.set()
             with self._changed:
                 self._changed.notify_all()
@@ -341,15 +467,19 @@ class EventBus:
     def _deliver(self, name: str) -> None:
         state = self._states[name]
         while not self._stopping.is_set():
+            if (journal_generation := self.journal.generation) != self.cursors.generation:
+                self.cursors.reset(journal_generation)  # the writer emptied the journal
             offset, generation = self.cursors.get_with_generation(name)
             if offset >= self.journal.end:
                 with self._changed:
                     if offset >= self.journal.end and not self._stopping.is_set():
-                        self._changed.wait(0.5)
+                        self._changed.wait(self._poll_interval)
                 continue
             if self.journal.end - offset < self._batch_bytes and self._stopping.wait(self._linger):
                 continue
             events, new_offset = self.journal.read(offset, self._batch_bytes)
+            if self.journal.generation != generation:
+                continue  # emptied while being read: what was read may be the new journal's
             if events:
                 try:
                     state.sink.write_batch(self._enrich(events) if self._enrich else events)
@@ -365,27 +495,48 @@ class EventBus:
                         retry_in_s=delay,
                         error=repr(exc),
                     )
+                    self._save_status()
                     self._stopping.wait(delay)
                     continue
                 if state.failures:
                     log.info("sink.recovered", sink=name, after_failures=state.failures)
-                state.failures = 0
-                state.last_error = None
+                    state.failures = 0
+                    state.last_error = None
+                    self._save_status()
             self.cursors.advance(name, new_offset, generation)
             with self._changed:
                 self._changed.notify_all()
             self._maybe_compact()
 
+    def _save_status(self) -> None:
+        """What failed last, for a writer whose sinks this process feeds."""
+        with self._status_lock:
+            status = {
+                name: {"failures": state.failures, "error": state.last_error}
+                for name, state in self._states.items()
+            }
+            try:
+                _write_atomically(self._status_path, json.dumps(status))
+            except OSError as exc:
+                log.error("sink.status_not_saved", error=repr(exc))
+
+    def _reset_cursors(self) -> None:
+        self.cursors.reset(self.journal.generation)
+
     def _maybe_compact(self) -> None:
         if self.journal.end < self._compact_bytes:
             return
-        offsets = {self.cursors.get(name) for name in self._states}
-        if len(offsets) == 1 and self.journal.truncate_if(offsets.pop(), self.cursors.reset):
+        offsets = set(self._taken().values())
+        # A follower resets its own cursors when it sees the generation change.
+        then = (lambda: None) if self._elsewhere else self._reset_cursors
+        if len(offsets) == 1 and self.journal.truncate_if(offsets.pop(), then):
             log.info("journal.compacted", path=str(self.journal.path))
 
     def _sync_loop(self) -> None:
         while not self._stopping.wait(self._sync_interval):
             try:
                 self.journal.sync()
+                if self._elsewhere:
+                    self._maybe_compact()
             except OSError as exc:
                 log.error("journal.sync_failed", error=repr(exc))

@@ -1,0 +1,181 @@
+"""Sinks fed by a process that follows the server's journal: nothing lost or doubled when the
+journal is emptied under it, its progress and failures visible to the server, drained on a
+clean stop, started again when it dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from core.config import SigningKey
+from core.events import Event, EventBus, Journal, JournalReader
+from core.testing import base_document
+from core.tokens import TokenCodec
+from tests.serving import ScaisendServer, wait_for
+from tests.test_events import jsonl_events, stored_events
+
+DEADLINE_SECONDS = 60.0
+
+
+class RecordingSink:
+    """Keeps what it is given; fails every batch while ``broken`` is set."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.broken = threading.Event()
+        self.lock = threading.Lock()
+        self.ids: list[str] = []
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        if self.broken.is_set():
+            raise ConnectionError(f"{self.name} unreachable")
+        with self.lock:
+            self.ids.extend(event.id for event in events)
+
+    def taken(self) -> list[str]:
+        with self.lock:
+            return list(self.ids)
+
+    def close(self) -> None:
+        return None
+
+
+def emit_clicks(bus: EventBus, count: int, start: int) -> list[str]:
+    events = [
+        Event(type="click", tenant="acme", message_id=f"m{n:04d}", data={"url": f"https://x/{n}"})
+        for n in range(start, start + count)
+    ]
+    for event in events:
+        bus.emit(event)
+    return [event.id for event in events]
+
+
+def test_a_follower_takes_every_event_once_across_emptied_journals(tmp_path):
+    directory = tmp_path / "journal"
+    writer = EventBus(
+        Journal(directory), [RecordingSink("a"), RecordingSink("b")], compact_bytes=2000
+    )
+    writer.deliver_elsewhere()
+    a, b = RecordingSink("a"), RecordingSink("b")
+    b.broken.set()
+    follower = EventBus(JournalReader(directory), [a, b], linger=0.01, poll_interval=0.01)
+    writer.start()
+    follower.start()
+    try:
+        first = emit_clicks(writer, 30, 0)
+        wait_for(lambda: a.taken() == first, "sink a to take the first events", DEADLINE_SECONDS)
+        status = wait_for(
+            lambda: (found := writer.status())["b"]["failures"] and found,
+            "the writer to see sink b failing",
+            DEADLINE_SECONDS,
+        )
+        assert status["b"]["error"] == "ConnectionError('b unreachable')"
+        assert status["b"]["lag_bytes"] == writer.journal.end > 2000
+        assert status["a"] == {"lag_bytes": 0, "failures": 0, "error": None}
+        assert writer.journal.generation == 0  # b has not taken it: the journal is kept
+        assert not writer.flush(timeout=0.2)
+
+        b.broken.clear()
+        wait_for(lambda: writer.journal.generation == 1, "the journal to be emptied", 30)
+        second = emit_clicks(writer, 30, 30)
+        assert writer.flush(DEADLINE_SECONDS)
+        wait_for(lambda: writer.journal.generation == 2, "the journal to be emptied again", 30)
+        third = emit_clicks(writer, 5, 60)
+        assert writer.flush(DEADLINE_SECONDS)
+        assert a.taken() == b.taken() == first + second + third
+        assert writer.status() == {
+            name: {"lag_bytes": 0, "failures": 0, "error": None} for name in ("a", "b")
+        }
+    finally:
+        follower.stop(timeout=5)
+        writer.stop(timeout=5)
+
+
+# A real server and its delivery process --------------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[tuple[str, ...], TokenCodec, str]:
+    document = base_document(tmp_path / "data", {"acme": {}})
+    database_url = f"sqlite:///{tmp_path / 'data' / 'scaisend.db'}"
+    document["server"]["database_url"] = database_url
+    config = tmp_path / "scaisend.yaml"
+    config.write_text(yaml.safe_dump(document))
+    (key,) = document["server"]["signing_keys"]
+    tokens = TokenCodec([SigningKey(key["id"], key["secret"].encode())])
+    return ("--config", str(config)), tokens, database_url
+
+
+def open_pixels(base: str, tokens: TokenCodec, message_ids: list[str]) -> None:
+    with httpx.Client(base_url=base) as client:
+        for message_id in message_ids:
+            response = client.get(f"/t/o/{tokens.issue('acme', message_id, 0)}.gif")
+            assert response.status_code == 200
+
+
+def delivery_processes(server_pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if parent == server_pid and b"core.delivery" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_clean_stop_delivers_every_answered_event_before_the_server_exits(tmp_path, served):
+    serve, tokens, database_url = served
+    message_ids = [f"msg-{n:03d}" for n in range(40)]
+    with ScaisendServer(*serve, cwd=tmp_path, ready_timeout=DEADLINE_SECONDS) as server:
+        open_pixels(server.base, tokens, message_ids)
+        server.stop()  # right after the last answer
+    assert server.process.returncode == 0
+    assert sorted(event.message_id for event in stored_events(database_url, "open")) == message_ids
+    lines = jsonl_events(tmp_path / "data" / "events.jsonl")
+    assert sorted(line["message_id"] for line in lines) == message_ids
+
+
+def test_a_delivery_process_that_dies_is_started_again_and_catches_up(tmp_path, served):
+    serve, tokens, database_url = served
+    before = [f"before-{n:02d}" for n in range(10)]
+    after = [f"after-{n:02d}" for n in range(10)]
+    with ScaisendServer(*serve, cwd=tmp_path, ready_timeout=DEADLINE_SECONDS) as server:
+        open_pixels(server.base, tokens, before)
+        (first,) = wait_for(
+            lambda: delivery_processes(server.process.pid), "the delivery process", 30
+        )
+        wait_for(
+            lambda: len(stored_events(database_url, "open")) == len(before),
+            "the first opens in the database",
+            DEADLINE_SECONDS,
+        )
+        os.kill(first, signal.SIGKILL)
+        open_pixels(server.base, tokens, after)  # answered while no process delivers
+        wait_for(
+            lambda: (found := delivery_processes(server.process.pid)) and found != [first],
+            "a new delivery process",
+            30,
+        )
+        stored = wait_for(
+            lambda: (
+                (found := stored_events(database_url, "open"))
+                and len(found) == len(before) + len(after)
+                and found
+            ),
+            "the later opens in the database",
+            DEADLINE_SECONDS,
+        )
+    assert sorted(event.message_id for event in stored) == sorted(before + after)
