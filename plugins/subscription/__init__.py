@@ -2,8 +2,9 @@
 
 Outgoing, the footer (or the request's substitution tag) links each recipient to their landing
 page, and the ``List-Unsubscribe`` / ``List-Unsubscribe-Post`` headers offer RFC 8058 one-click.
-Incoming, the landing page and one-click route fill the tenant's unsubscribe lists, which the
-send path screens. The unsubscribe groups and the suppression management API live here too.
+Incoming, the landing page, the one-click route and mail to the ``mailto:`` address fill the
+tenant's unsubscribe lists, which the send path screens. The unsubscribe groups and the
+suppression management API live here too.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import peewee as pw
 from quart import Blueprint
 
 from core import Feature, InstrumentContext, Runtime, StagedDocument, hookimpl
+from core.inbound import InboundMessage
 from core.suppressions import MAX_GROUP_ID
 from plugins.subscription.api import blueprint as api_blueprint
 from plugins.subscription.footer import instrument_message
 from plugins.subscription.groups import GroupStore
+from plugins.subscription.mail import unsubscribe_by_mail
 from plugins.subscription.models import UnsubscribeGroup
 from plugins.subscription.routes import blueprint as routes_blueprint
 
@@ -103,6 +106,11 @@ def _sync_groups(runtime: Runtime) -> None:
         groups = tenant.plugins.get(FEATURE.name, {}).get("groups") or ()
         if groups:
             store.sync(tenant.id, groups)
+
+
+@hookimpl
+async def handle_inbound_mail(message: InboundMessage, runtime: Runtime) -> str | None:
+    return await anyio.to_thread.run_sync(unsubscribe_by_mail, message, runtime)
 
 
 @hookimpl
