@@ -19,7 +19,6 @@ answer, because the first interaction remembers which event it was.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import operator
@@ -100,7 +99,9 @@ class EventEnricher:
             changes["recipient"] = recipient
         if unique is not None:
             changes["data"] = {**event.data, "unique": unique}
-        return dataclasses.replace(event, **changes) if changes else event
+        # The event's fields with the changes, as dataclasses.replace would pass them, at half
+        # its cost (it is paid for every event of every batch).
+        return Event(**(vars(event) | changes)) if changes else event
 
     def _answers(self, events: list[Event]) -> dict[str, _Answer]:
         relevant = [e for e in events if e.message_id is not None and "recipient_number" in e.data]

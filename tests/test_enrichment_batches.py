@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import peewee as pw
@@ -81,3 +82,21 @@ def test_a_large_batch_gets_addresses_unique_opens_and_first_open_times(database
     assert not any(event.data["unique"] for event in again(third))
     with database.connection_context():
         assert stored_first_opens() == stored
+
+
+def test_enrichment_changes_only_the_address_and_the_unique_flag(database):
+    recipients_stored(database)
+    event = Event(
+        type="open",
+        tenant="acme",
+        message_id="m7",
+        timestamp=START,
+        data={"recipient_number": 2, "dedupe_key": "", "ip": "203.0.113.7"},
+        bot={"verdict": "human", "score": 0.1},
+    )
+
+    (enriched,) = EventEnricher(database)([event])
+
+    assert enriched == dataclasses.replace(
+        event, recipient=address(7, 2), data={**event.data, "unique": True}
+    )
