@@ -12,7 +12,10 @@ Two routes, each measured against the bare app answering the same way in the sam
 
 * ScaiSend: ``scaisend serve --config FILE --host 127.0.0.1 --port P`` as a subprocess, the
   config built from ``core.testing.base_document`` with ``sinks: [database]`` (SQLite in a
-  temporary data directory) and open, click and ganalytics tracking on for the tenant.
+  temporary data directory) and open, click and ganalytics tracking on for the tenant. The
+  server journals each event and its delivery process (``core.delivery``, a child of the
+  server) enriches the events and writes them to the database meanwhile, on the same two
+  cores.
 * Baseline: ``bench/_bare_pixel_app.py``, a Quart app answering the pixel route with the same
   42-byte GIF and headers and the redirect route with the same 302 to ``u`` (no token, no MAC,
   no event, no plugins), served by Hypercorn the same way (one process, asyncio, logs off).
@@ -21,7 +24,9 @@ For each route:
 
 1. Maximum throughput: ``wrk -t1 -c32 -d10s --latency`` with a Lua script cycling over the
    1,000 token URLs, against each server in turn (after a 2 s warm-up), ``--repeats`` times,
-   interleaved; the best run of each counts.
+   interleaved; the best run of each counts. Beside each run, the CPU time each server's
+   processes used per request (``/proc/PID/stat``; ScaiSend's split into the server and its
+   delivery process), which other work on the machine disturbs far less than throughput.
 2. Latency at half of ScaiSend's maximum: an open-loop, rate-limited Python client (asyncio,
    raw HTTP/1.1 keep-alive over up to 32 connections; wrk has no constant-rate mode). Each
    request has a scheduled send time; one written late because every connection was busy
@@ -125,6 +130,28 @@ def stop(server: Server, timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(5)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def cpu_use(pid: int) -> dict[int, float]:
+    """CPU seconds so far of ``pid`` and of each of its children."""
+    return {p: _cpu_seconds(p) for p in [pid, *_children(pid)]}
 
 
 def fetch(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -444,7 +471,12 @@ def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: S
             answered += result["requests"] if server is scaisend else 0
         for _ in range(repeats):
             for server in (bare, scaisend):
+                before = cpu_use(server.process.pid)
                 result = run_wrk(server.base + paths[0], script, args.connections, duration)
+                after = cpu_use(server.process.pid)
+                used = {p: after[p] - before.get(p, 0.0) for p in after}
+                result["cpu_server"] = used.pop(server.process.pid) / result["requests"] * 1e6
+                result["cpu_children"] = sum(used.values()) / result["requests"] * 1e6
                 answered += result["requests"] if server is scaisend else 0
                 max_rows.append((server.name, result))
                 if server.name not in best or result["rps"] > best[server.name]["rps"]:
@@ -485,6 +517,11 @@ def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: S
     print()
     rows = []
     for name, result in max_rows:
+        cpu = (
+            f"{result['cpu_server']:,.0f} + {result['cpu_children']:,.0f}"
+            if "cpu_server" in result
+            else "-"
+        )
         rows.append(
             (
                 name,
@@ -494,10 +531,23 @@ def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: S
                 f"{result['requests']:,}",
                 result["non2xx"],
                 result.get("errors") or "-",
+                cpu,
             )
         )
     print(
-        table(["server", "requests/s", "p50 ms", "p99 ms", "requests", "non-2xx", "errors"], rows)
+        table(
+            [
+                "server",
+                "requests/s",
+                "p50 ms",
+                "p99 ms",
+                "requests",
+                "non-2xx",
+                "errors",
+                "CPU us/request (server + children)",
+            ],
+            rows,
+        )
     )
     ratio = best[scaisend.name]["rps"] / best[bare.name]["rps"]
     print()
