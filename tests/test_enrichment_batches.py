@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 
 import peewee as pw
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.enrichment import EventEnricher
 from core.events import Event
@@ -100,3 +103,47 @@ def test_enrichment_changes_only_the_address_and_the_unique_flag(database):
     assert enriched == dataclasses.replace(
         event, recipient=address(7, 2), data={**event.data, "unique": True}
     )
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    keys=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    ),
+    stored=st.data(),
+)
+def test_keys_claimed_before_by_any_process_are_recognised(database, keys, stored):
+    """A click's key is hashed the same way by every process: one claimed before (here
+    written as the first interactions table holds it) makes the click a repeat, whatever
+    characters the key holds; a new key is claimed by the click."""
+    before = stored.draw(st.sets(st.sampled_from(keys)))
+    with database.connection_context():
+        FirstInteraction.delete().execute()
+        for key in before:
+            FirstInteraction.create(
+                message_id="m1",
+                recipient_number=0,
+                kind="click",
+                key_hash=hashlib.sha256(key.encode()).hexdigest(),
+                event_id=f"earlier {key}",
+                at=START.replace(tzinfo=None),
+            )
+    clicks = [
+        Event(
+            type="click",
+            tenant="acme",
+            message_id="m1",
+            recipient="r0@m1.example",
+            data={"recipient_number": 0, "dedupe_key": key},
+        )
+        for key in keys
+    ]
+
+    enriched = EventEnricher(database)(clicks)
+
+    assert [event.data["unique"] for event in enriched] == [key not in before for key in keys]
