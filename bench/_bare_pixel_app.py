@@ -38,7 +38,7 @@ async def pixel(token: str) -> Response:
 @app.get("/t/c/<token>")
 async def click(token: str) -> Response:
     return Response(
-        status=302, headers={"Location": request.args["u"], "Cache-Control": "no-store"}
+        b"", status=302, headers={"Location": request.args["u"], "Cache-Control": "no-store"}
     )
 
 

@@ -313,6 +313,9 @@ def test_a_bound_link_redirects_through_real_http(server):
     )
     assert response.status_code == 302
     assert response.headers["location"] == target
+    # Empty and sized: a client need not wait for the end of a chunked body.
+    assert (response.headers["content-length"], response.content) == ("0", b"")
+    assert "transfer-encoding" not in response.headers
 
 
 @pytest.mark.parametrize(

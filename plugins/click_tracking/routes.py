@@ -47,4 +47,6 @@ async def click(token: str) -> Response:
         referer=request.headers.get("Referer"),
     )
     location = target if target.isascii() else iri_to_uri(target)
-    return Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
+    # An empty body given as bytes is sent with Content-Length: 0 at once; given as nothing,
+    # Quart would iterate an empty body on a worker thread and send it chunked.
+    return Response(b"", status=302, headers={"Location": location, "Cache-Control": "no-store"})
