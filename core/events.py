@@ -125,7 +125,9 @@ def _read_lines(
         if cut == -1:
             return [], offset
     events: list[Event] = []
-    for line in chunk[: cut + 1].splitlines():
+    # Decoded once here rather than line by line in json.loads, which would also work out
+    # each line's encoding; a line that is not UTF-8 keeps its bytes and fails as corrupt.
+    for line in chunk[: cut + 1].decode("utf-8", "surrogateescape").split("\n"):
         if not line:
             continue
         try:

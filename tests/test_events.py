@@ -441,3 +441,28 @@ def test_the_log_sink_writes_structured_lines(tmp_path, capfd):
         "warning",
     )
     assert logged["data"] == {"reason": "mailbox full"}
+
+
+def test_a_damaged_journal_line_is_skipped_and_the_lines_around_it_are_read(tmp_path, capfd):
+    """A line that is not a JSON event (torn bytes, not UTF-8) costs that line only."""
+    from core.events import Journal
+
+    first = Event(type="open", tenant="acme", message_id="m1", data={"note": "caf\u00e9 \u2028"})
+    second = Event(type="click", tenant="acme", message_id="m1")
+    journal = Journal(tmp_path / "journal")
+    journal.append(first)
+    journal.close()
+    with (tmp_path / "journal" / "main.journal").open("ab") as raw:
+        raw.write(b'{"id": "x", "type": \xff\xfe not json\n')
+        raw.write(json.dumps(second.to_dict()).encode() + b"\n")
+
+    journal = Journal(tmp_path / "journal")
+    events, offset = journal.read(0)
+
+    assert [(e.id, e.type, e.data) for e in events] == [
+        (first.id, "open", first.data),
+        (second.id, "click", {}),
+    ]
+    assert offset == journal.end
+    assert '"journal.corrupt_line"' in capfd.readouterr().err
+    journal.close()
