@@ -418,7 +418,8 @@ class EventBus:
         saved: dict[str, Any] = {}
         if self._elsewhere:
             with contextlib.suppress(OSError, ValueError):
-                saved = json.loads(self._status_path.read_text())
+                found = json.loads(self._status_path.read_text())
+                saved = found if isinstance(found, dict) else {}
         return {
             name: {
                 "lag_bytes": lag[name],

@@ -98,6 +98,35 @@ def test_a_follower_takes_every_event_once_across_emptied_journals(tmp_path):
         writer.stop(timeout=5)
 
 
+def test_a_journal_emptied_in_process_is_neither_lost_nor_delivered_again_after_a_restart(
+    tmp_path,
+):
+    directory = tmp_path / "journal"
+    sink = RecordingSink("a")
+    bus = EventBus(Journal(directory), [sink], linger=0.01, compact_bytes=2000)
+    bus.start()
+    try:
+        first = emit_clicks(bus, 30, 0)
+        assert bus.flush(DEADLINE_SECONDS)
+        wait_for(lambda: bus.journal.generation == 1, "the journal to be emptied", 30)
+        second = emit_clicks(bus, 3, 30)
+        assert bus.flush(DEADLINE_SECONDS)
+    finally:
+        bus.stop(timeout=5)
+    assert sink.taken() == first + second
+
+    again = RecordingSink("a")
+    restarted = EventBus(Journal(directory), [again], linger=0.01, compact_bytes=2000)
+    restarted.start()
+    try:
+        third = emit_clicks(restarted, 2, 33)
+        assert restarted.flush(DEADLINE_SECONDS)
+    finally:
+        restarted.stop(timeout=5)
+    assert restarted.journal.generation == 1
+    assert again.taken() == third
+
+
 # A real server and its delivery process --------------------------------------------------------
 
 
