@@ -187,8 +187,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def watch_parent() -> None:
+        # The raw descriptor, not sys.stdin: a thread blocked inside the buffered reader
+        # holds its lock, which interpreter shutdown then cannot take.
         with contextlib.suppress(OSError):
-            while sys.stdin.buffer.read(4096):
+            while os.read(0, 4096):
                 pass
         stop.set()
 
