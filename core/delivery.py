@@ -8,11 +8,12 @@ its own thread per sink, its own saved cursor, retries with backoff. The server 
 journal once the child's saved cursors show every sink has taken it, and reads those cursors
 for :meth:`EventBus.status`.
 
-The child stops when the server closes its standard input: on a clean stop, after the server
-has answered its last request, it drains what is left (up to ``drain_timeout`` seconds); when
-the server dies it does the same, and the next server's child resumes from the saved
-cursors. The child takes the lock of a journal of its own (role ``deliver``), so a second one
-waits for the first to finish. A child that exits while the server runs is started again.
+The child stops when the server closes its standard input (it ignores SIGINT and SIGTERM):
+on a clean stop, after the server has answered its last request, it drains what is left (up
+to ``drain_timeout`` seconds); when the server dies it does the same, and the next server's
+child resumes from the saved cursors. The child takes the lock of a journal of its own (role
+``deliver``), so a second one waits for the first to finish. A child that exits while the
+server runs is started again.
 
     python -m core.delivery [--config FILE] [--log-level LEVEL]
 """
@@ -181,10 +182,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.configure(args.log_level)
     os.nice(NICENESS)
     stop = threading.Event()
-    # The server decides when this process ends; a terminal's Ctrl-C reaches both, and the
-    # server then closes the pipe.
+    # The server decides when this process ends: a terminal's Ctrl-C or a service manager's
+    # SIGTERM reaches both, and the server closes the pipe once it has answered its last
+    # request, so what it journaled meanwhile is delivered now rather than at the next start.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def watch_parent() -> None:
         # The raw descriptor, not sys.stdin: a thread blocked inside the buffered reader
