@@ -178,7 +178,13 @@ def store_recipients(db: pw.Database, events: Sequence[Event]) -> None:
 def run_bus(db: pw.Database, events: list[Event], scratch: Path) -> float:
     store_recipients(db, events)
     journal = Journal(Path(tempfile.mkdtemp(dir=scratch)) / "journal")
-    bus = EventBus(journal, [DatabaseSink("database", db)], enrich=EventEnricher(db))
+    enricher = EventEnricher(db)
+    bus = EventBus(
+        journal,
+        [DatabaseSink("database", db)],
+        enrich=enricher,
+        read_ahead=enricher.overlaps_storing,  # as the server builds it
+    )
     bus.start()
     try:
         started = time.perf_counter()

@@ -156,7 +156,8 @@ def follow(config: Config, plugins: Plugins, stop: threading.Event, drain_timeou
     bus = EventBus(
         JournalReader(config.data_dir / "journal", config.node_id),
         own.sinks,
-        enrich=EventEnricher(runtime.db),
+        enrich=(enricher := EventEnricher(runtime.db)),
+        read_ahead=enricher.overlaps_storing,
         linger=LINGER_SECONDS,
         poll_interval=POLL_SECONDS,
     )

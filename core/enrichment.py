@@ -77,6 +77,13 @@ class EventEnricher:
         self._lock = threading.Lock()
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="enrich")
 
+    @property
+    def overlaps_storing(self) -> bool:
+        """Whether enriching one batch while a sink stores another gains anything: on
+        PostgreSQL the two run on connections of their own, while SQLite has one writer and
+        they would only queue for it."""
+        return isinstance(self.db, pw.PostgresqlDatabase)
+
     def __call__(self, events: Sequence[Event]) -> list[Event]:
         with self._lock:
             missing = [event for event in events if event.id not in self._cache]

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,10 +330,15 @@ class EventBus:
         max_backoff: float = 30.0,
         compact_bytes: int = 64 << 20,
         enrich: Callable[[Sequence[Event]], Sequence[Event]] | None = None,
+        read_ahead: bool = False,
         poll_interval: float = 0.5,
     ) -> None:
         """``enrich`` turns each batch read from the journal into what sinks receive; it is
         called from every sink's thread and must be idempotent (see core.enrichment).
+
+        With ``read_ahead``, while a sink stores one batch the next full one is read and
+        enriched on another thread (worth it when enrichment and storing wait on a database
+        that serves both at once).
 
         A sink that finds less than ``batch_bytes`` waiting lets events gather for ``linger``
         seconds first: under load, one transaction then carries the many events that arrived
@@ -359,6 +365,7 @@ class EventBus:
         self._max_backoff = max_backoff
         self._compact_bytes = compact_bytes
         self._enrich = enrich
+        self._read_ahead = read_ahead and enrich is not None
         self._poll_interval = poll_interval
         self._elsewhere = False
         self._changed = threading.Condition()
@@ -467,33 +474,63 @@ class EventBus:
                 log.error("sink.close_failed", sink=state.sink.name, error=repr(exc))
         self.journal.close()
 
+    def _read(self, offset: int, generation: int) -> tuple[Sequence[Event], int] | None:
+        """The batch at ``offset``, enriched, and where the next one starts; ``None`` when the
+        journal was emptied meanwhile (what was read may be the new journal's)."""
+        events, new_offset = self.journal.read(offset, self._batch_bytes)
+        if self.journal.generation != generation:
+            return None
+        return (self._enrich(events) if self._enrich and events else events), new_offset
+
     def _deliver(self, name: str) -> None:
         state = self._states[name]
-        while not self._stopping.is_set():
-            if (journal_generation := self.journal.generation) != self.cursors.generation:
-                self.cursors.reset(journal_generation)  # the writer emptied the journal
-            offset, generation = self.cursors.get_with_generation(name)
-            if offset >= self.journal.end:
-                with self._changed:
-                    if offset >= self.journal.end and not self._stopping.is_set():
-                        self._changed.wait(self._poll_interval)
-                continue
-            if self.journal.end - offset < self._batch_bytes and self._stopping.wait(self._linger):
-                continue
-            events, new_offset = self.journal.read(offset, self._batch_bytes)
-            if self.journal.generation != generation:
-                continue  # emptied while being read: what was read may be the new journal's
-            if events:
+        # The cursor moves only once a batch is stored; a batch read ahead for a cursor that
+        # did not get there (a failure, an emptied journal) is dropped and read again, which
+        # enrichment allows (it is idempotent).
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink:{name}:ahead")
+        prefetched: tuple[int, int, Future[tuple[Sequence[Event], int] | None]] | None = None
+        try:
+            while not self._stopping.is_set():
+                if (journal_generation := self.journal.generation) != self.cursors.generation:
+                    self.cursors.reset(journal_generation)  # the writer emptied the journal
+                offset, generation = self.cursors.get_with_generation(name)
+                future = None
+                if prefetched is not None and prefetched[:2] == (offset, generation):
+                    future = prefetched[2]
+                prefetched = None
+                if future is None:
+                    if offset >= self.journal.end:
+                        with self._changed:
+                            if offset >= self.journal.end and not self._stopping.is_set():
+                                self._changed.wait(self._poll_interval)
+                        continue
+                    if self.journal.end - offset < self._batch_bytes and self._stopping.wait(
+                        self._linger
+                    ):
+                        continue
                 try:
-                    state.sink.write_batch(self._enrich(events) if self._enrich else events)
+                    batch = (
+                        future.result() if future is not None else self._read(offset, generation)
+                    )
+                    if batch is None:
+                        continue
+                    events, new_offset = batch
+                    if self._read_ahead and self.journal.end - new_offset >= self._batch_bytes:
+                        prefetched = (
+                            new_offset,
+                            generation,
+                            ahead.submit(self._read, new_offset, generation),
+                        )
+                    if events:
+                        state.sink.write_batch(events)
                 except Exception as exc:  # noqa: BLE001 - the batch is retried, never dropped
+                    prefetched = None
                     state.failures += 1
                     state.last_error = repr(exc)
                     delay = min(self._max_backoff, 0.05 * 2 ** min(state.failures, 12))
                     log.error(
                         "sink.failed",
                         sink=name,
-                        batch=len(events),
                         attempt=state.failures,
                         retry_in_s=delay,
                         error=repr(exc),
@@ -501,15 +538,17 @@ class EventBus:
                     self._save_status()
                     self._stopping.wait(delay)
                     continue
-                if state.failures:
+                if events and state.failures:
                     log.info("sink.recovered", sink=name, after_failures=state.failures)
                     state.failures = 0
                     state.last_error = None
                     self._save_status()
-            self.cursors.advance(name, new_offset, generation)
-            with self._changed:
-                self._changed.notify_all()
-            self._maybe_compact()
+                self.cursors.advance(name, new_offset, generation)
+                with self._changed:
+                    self._changed.notify_all()
+                self._maybe_compact()
+        finally:
+            ahead.shutdown(wait=True, cancel_futures=True)
 
     def _save_status(self) -> None:
         """What failed last, for a writer whose sinks this process feeds."""

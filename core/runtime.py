@@ -197,7 +197,8 @@ class Runtime:
                 f"{config.node_id}.{role}" if role else config.node_id,
             ),
             runtime._build_sinks(),
-            enrich=EventEnricher(db),
+            enrich=(enricher := EventEnricher(db)),
+            read_ahead=enricher.overlaps_storing,
         )
         return runtime
 

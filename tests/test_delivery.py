@@ -208,3 +208,58 @@ def test_a_delivery_process_that_dies_is_started_again_and_catches_up(tmp_path, 
             DEADLINE_SECONDS,
         )
     assert sorted(event.message_id for event in stored) == sorted(before + after)
+
+
+class FlakySink(RecordingSink):
+    """Fails the calls numbered in ``failing``; on its first call, notes whether the next
+    batch was already being enriched while this one was being stored."""
+
+    def __init__(self, name: str, failing: set[int], enriching: threading.Event) -> None:
+        super().__init__(name)
+        self.calls = 0
+        self.failing = failing
+        self.enriching = enriching
+        self.overlapped: bool | None = None
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        self.calls += 1
+        if self.overlapped is None:
+            self.overlapped = self.enriching.wait(DEADLINE_SECONDS)
+        if self.calls in self.failing:
+            raise ConnectionError("flaky")
+        super().write_batch(events)
+
+
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["in-turn", "read-ahead"])
+def test_batches_are_stored_once_and_in_order_through_failures(tmp_path, read_ahead):
+    """Reading and enriching the next batch while one is stored (as on PostgreSQL) changes
+    nothing a sink receives, even when storing fails and batches are retried."""
+    enriched: list[int] = []
+    second = threading.Event()
+
+    def enrich(events: Sequence[Event]) -> Sequence[Event]:
+        enriched.append(len(events))
+        if len(enriched) >= 2:
+            second.set()
+        return list(events)
+
+    if not read_ahead:
+        second.set()  # nothing to wait for: batches are enriched in turn
+    sink = FlakySink("db", failing={2, 5, 6}, enriching=second)
+    bus = EventBus(
+        Journal(tmp_path / "journal"),
+        [sink],
+        batch_bytes=600,
+        linger=0.01,
+        max_backoff=0.01,
+        enrich=enrich,
+        read_ahead=read_ahead,
+    )
+    emitted = emit_clicks(bus, 60, 0)
+    bus.start()
+    try:
+        assert bus.flush(DEADLINE_SECONDS)
+        assert sink.taken() == emitted
+        assert sink.overlapped is True
+    finally:
+        bus.stop(timeout=5)
