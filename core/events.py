@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from core import jsontext
 from core.sinks import Sink
 
 log = structlog.get_logger("scaisend.events")
@@ -90,10 +91,6 @@ class Event:
         )
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-"""One encoder for every journal line (``json.dumps`` with options builds one per call)."""
-
-
 class JournalLocked(RuntimeError):
     """Another live process owns this journal."""
 
@@ -126,13 +123,11 @@ def _read_lines(
         if cut == -1:
             return [], offset
     events: list[Event] = []
-    # Decoded once here rather than line by line in json.loads, which would also work out
-    # each line's encoding; a line that is not UTF-8 keeps its bytes and fails as corrupt.
-    for line in chunk[: cut + 1].decode("utf-8", "surrogateescape").split("\n"):
+    for line in chunk[: cut + 1].split(b"\n"):
         if not line:
             continue
         try:
-            events.append(Event.from_dict(json.loads(line)))
+            events.append(Event.from_dict(jsontext.loads(line)))
         except (ValueError, KeyError, TypeError) as exc:
             log.error("journal.corrupt_line", path=str(path), error=repr(exc))
     return events, offset + cut + 1
@@ -169,7 +164,7 @@ class Journal:
         return self._end
 
     def append(self, event: Event) -> int:
-        line = _ENCODE(event.to_dict()).encode() + b"\n"
+        line = jsontext.dumps(event.to_dict()) + b"\n"
         with self._write_lock:
             written = os.write(self._fd, line)
             if written != len(line):  # a short write to a regular file means the disk is full

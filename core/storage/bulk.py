@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import peewee as pw
+
+from core import jsontext
 
 _UNIQUE_VIOLATION = "23505"
 
@@ -77,7 +78,7 @@ def _json_values(
         return rows
     return [
         tuple(
-            json.dumps(value) if json_value and value is not None else value
+            jsontext.dumps_text(value) if json_value and value is not None else value
             for json_value, value in zip(is_json, row, strict=True)
         )
         for row in rows
@@ -195,7 +196,7 @@ def _copy_text(fields: Sequence[pw.Field], rows: Sequence[Sequence[Any]]) -> str
     columns = _columns(rows, len(fields))
     texts = [
         _copy_column(
-            [None if value is None else json.dumps(value) for value in column]
+            [None if value is None else jsontext.dumps_text(value) for value in column]
             if isinstance(field, pw.JSONField)
             else column
         )
