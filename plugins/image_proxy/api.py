@@ -48,6 +48,11 @@ def plugin_config(tenant: Tenant) -> Any:
     return tenant.plugins.get("image_proxy", {})
 
 
+@blueprint.errorhandler(AuthError)
+async def auth_error(exc: AuthError) -> Response:
+    return error(exc.status, exc.message)
+
+
 def _authenticate() -> Tenant:
     tenant = tenant_for_request(current_runtime(), request.headers.get("Authorization"))
     structlog.contextvars.bind_contextvars(tenant=tenant.id)
@@ -56,10 +61,7 @@ def _authenticate() -> Tenant:
 
 @blueprint.post("/v3/images")
 async def upload() -> Response:
-    try:
-        tenant = _authenticate()
-    except AuthError as exc:
-        return error(exc.status, exc.message)
+    tenant = _authenticate()
     limit = int(plugin_config(tenant).get("max_upload_bytes", DEFAULT_MAX_BYTES))
     too_large = error(413, f"image larger than {limit} bytes")
     if (request.content_length or 0) > limit + MULTIPART_OVERHEAD:
@@ -116,10 +118,7 @@ def _bounded(name: str, default: int, minimum: int, maximum: int) -> int:
 
 @blueprint.get("/v3/images")
 async def list_images() -> Response:
-    try:
-        tenant = _authenticate()
-    except AuthError as exc:
-        return error(exc.status, exc.message)
+    tenant = _authenticate()
     try:
         limit = _bounded("limit", DEFAULT_PAGE, 1, MAX_PAGE)
         offset = _bounded("offset", 0, 0, 2**31 - 1)
@@ -140,10 +139,7 @@ async def list_images() -> Response:
 
 @blueprint.get("/v3/images/<image_id>")
 async def get_image(image_id: str) -> Response:
-    try:
-        tenant = _authenticate()
-    except AuthError as exc:
-        return error(exc.status, exc.message)
+    tenant = _authenticate()
     row = await anyio.to_thread.run_sync(library().get, tenant.id, image_id)
     if row is None:
         return error(404, "no such image")
@@ -152,10 +148,7 @@ async def get_image(image_id: str) -> Response:
 
 @blueprint.delete("/v3/images/<image_id>")
 async def delete_image(image_id: str) -> Response:
-    try:
-        tenant = _authenticate()
-    except AuthError as exc:
-        return error(exc.status, exc.message)
+    tenant = _authenticate()
     if not await anyio.to_thread.run_sync(library().delete, tenant.id, image_id):
         return error(404, "no such image")
     log.info("image.deleted", image_id=image_id)
