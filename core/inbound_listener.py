@@ -194,10 +194,7 @@ class Dispatcher:
                     "inbound.claimed",
                     plugin=impl.plugin_name,
                     outcome=str(result),
-                    peer=message.peer,
-                    mail_from=message.mail_from,
-                    rcpt_tos=list(message.rcpt_tos),
-                    size=len(message.data),
+                    **_envelope(message),
                 )
                 return ACCEPTED
         if failed:
@@ -206,15 +203,18 @@ class Dispatcher:
         path = await anyio.to_thread.run_sync(
             keep, message, self.runtime.config.data_dir / UNCLAIMED_DIR
         )
-        log.warning(
-            "inbound.unclaimed",
-            path=str(path),
-            peer=message.peer,
-            mail_from=message.mail_from,
-            rcpt_tos=list(message.rcpt_tos),
-            size=len(message.data),
-        )
+        log.warning("inbound.unclaimed", path=str(path), **_envelope(message))
         return ACCEPTED
+
+
+def _envelope(message: InboundMessage) -> dict[str, Any]:
+    """What a log line says of a received message."""
+    return {
+        "peer": message.peer,
+        "mail_from": message.mail_from,
+        "rcpt_tos": list(message.rcpt_tos),
+        "size": len(message.data),
+    }
 
 
 class SessionHandler:
