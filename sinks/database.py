@@ -11,7 +11,7 @@ from core import Event, Runtime, SinkType, hookimpl
 from core.storage import EventRecord
 from core.storage.bulk import insert_ignoring_conflicts
 
-_FIELDS = (
+EVENT_FIELDS = (  # the columns the sink fills, in the order of its rows
     EventRecord.id,
     EventRecord.type,
     EventRecord.tenant,
@@ -46,7 +46,7 @@ class DatabaseSink:
             for event in events
         ]
         self.db.connect(reuse_if_open=True)
-        insert_ignoring_conflicts(self.db, _FIELDS, rows)
+        insert_ignoring_conflicts(self.db, EVENT_FIELDS, rows)
 
     def close(self) -> None:
         if not self.db.is_closed():

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from core.storage import EventRecord, FirstInteraction
 from core.storage.bulk import insert_ignoring_conflicts, insert_new, select_matching
+from sinks.database import EVENT_FIELDS
 
 TRICKY = ["", "NULL", "\\N", '"', "\\", "{}", "a,b", "{a}", "\t", "\n", "\r\n", " x ", "é😀", "'"]
 
@@ -35,16 +36,7 @@ KEYS = (
     FirstInteraction.key_hash,
 )
 CLAIM = (*KEYS, FirstInteraction.event_id, FirstInteraction.at)
-EVENT = (
-    EventRecord.id,
-    EventRecord.type,
-    EventRecord.tenant,
-    EventRecord.message_id,
-    EventRecord.recipient,
-    EventRecord.timestamp,
-    EventRecord.data,
-    EventRecord.bot,
-)
+EVENT = EVENT_FIELDS  # as the database sink stores events
 
 claim = st.tuples(text, st.integers(-(2**31), 2**31 - 1), text, text, text, moment)
 event = st.tuples(
