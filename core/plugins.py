@@ -18,6 +18,7 @@ import pluggy
 import structlog
 
 from core import hookspecs
+from core.affinity import CpuSharing
 from core.features import Feature
 
 log = structlog.get_logger("scaisend.plugins")
@@ -73,7 +74,11 @@ class _Worker:
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="plugin-call", daemon=True).start()
+        thread = threading.Thread(target=self._serve, name="plugin-call", daemon=True)
+        thread.start()
+        assert thread.native_id is not None  # set before start() returns
+        self.native_id = thread.native_id
+        self.cpu: int | None = None  # the CPU it is pinned to, if any
 
     def _serve(self) -> None:
         while True:
@@ -89,6 +94,7 @@ class _Workers:
     def __init__(self) -> None:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
+        self._cpus = CpuSharing()
 
     def run_steps(
         self,
@@ -145,20 +151,29 @@ class _Workers:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
             worker = _Worker()
+        # The caller only waits while the worker runs: sharing one CPU makes both wake-ups
+        # cheap (core/affinity.py).
+        held = self._cpus.hold()
+        worker.cpu = self._cpus.pin(worker.native_id, worker.cpu, held)
         worker.jobs.put(job)
-        while True:
-            with state:
-                index, since = current[0], started[0]
-            remaining = since + budget - time.monotonic()
-            if remaining > 0 and finished.acquire(timeout=remaining):
-                break
-            with state:
-                if current[0] == count:  # done just as the wait ran out
+        try:
+            while True:
+                with state:
+                    index, since = current[0], started[0]
+                remaining = since + budget - time.monotonic()
+                if remaining > 0 and finished.acquire(timeout=remaining):
                     break
-                if current[0] != index or time.monotonic() - started[0] < budget:
-                    continue  # the worker moved on to a later call: wait for that one
-                abandoned = True
-            return outcomes, index
+                with state:
+                    if current[0] == count:  # done just as the wait ran out
+                        break
+                    if current[0] != index or time.monotonic() - started[0] < budget:
+                        continue  # the worker moved on to a later call: wait for that one
+                    abandoned = True
+                # The hung call keeps its thread, but not the caller's CPU.
+                self._cpus.release(worker.native_id)
+                return outcomes, index
+        finally:
+            self._cpus.restore(held)
         with self._lock:
             if len(self._idle) < self.IDLE_LIMIT:
                 self._idle.append(worker)
