@@ -93,6 +93,9 @@ def templates(draw):
     return literals, values
 
 
+QP_LINE = re.compile(rb"(?:[\t\x20-\x3c\x3e-\x7e]|=[0-9A-F]{2})*=?")
+
+
 def unfold(value: str) -> str:
     return re.sub(r"\r\n(?=[ \t])", "", value)
 
@@ -127,6 +130,10 @@ def test_a_stamped_body_decodes_to_exactly_the_stamped_text(template):
         # Trailing blanks are stripped by some relays: they must be encoded.
         assert not line.endswith((b" ", b"\t"))
         assert len(line) <= 76
+        # RFC 2045 syntax, stricter than a2b_qp reads: "=" only starts an escape of two
+        # upper-case hex digits or ends the line as a soft break.
+        assert QP_LINE.fullmatch(line), line
+        assert line != b".", "a lone dot would end the message at a relay that forgets to stuff"
 
 
 def test_every_recipient_gets_its_own_values_from_one_compiled_body():
@@ -136,6 +143,25 @@ def test_every_recipient_gets_its_own_values_from_one_compiled_body():
     bob = Recipient(1, "bob@example.com", "t1", {"0": "Bob", "1": "B=2"})
     assert binascii.a2b_qp(body.render(ann)).decode() == "Dear Ann,\r\nyour code is Ä-1.\r\n"
     assert binascii.a2b_qp(body.render(bob)).decode() == "Dear Bob,\r\nyour code is B=2.\r\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(
+            "Grüße aus Köln \u2013 \u201cAngebot\u201d für Sie: 5 € Rabatt\n" * 20,
+            id="latin-script",
+        ),
+        pytest.param("東京の新しい店舗のご案内です。詳しくはこちら。\n" * 20, id="cjk"),
+        pytest.param("".join(map(chr, range(0x100, 0x400))), id="hundreds-of-distinct-bytes"),
+        pytest.param("\x00\x01\x0b\x0c\x7f tab\tend\t\nend \n", id="controls-and-blanks"),
+    ],
+)
+def test_non_ascii_and_control_text_decodes_exactly(text):
+    compiled, recipient = template_of([text], [])
+    encoded = EncodedBody.compile(compiled).render(recipient)
+    assert binascii.a2b_qp(encoded).decode("utf-8") == normalised(text)
+    assert all(QP_LINE.fullmatch(line) for line in encoded.split(b"\r\n"))
 
 
 @settings(max_examples=200, deadline=None)
