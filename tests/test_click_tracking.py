@@ -20,6 +20,7 @@ from core.pipeline import Document, Recipient
 from core.storage import EventRecord
 from core.testing import Harness, base_document
 from core.tokens import TokenCodec
+from plugins.ganalytics import utm_tagger
 from tests.serving import ScaisendServer, free_port
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "html"
@@ -432,3 +433,21 @@ def test_rewritten_hrefs_decode_to_the_tracked_destination(harness, tokens):
     assert "&amp;s=" in raw  # correctly encoded in the attribute
     decoded = html.unescape(raw)
     assert parse_qs(urlsplit(decoded).query)["u"] == ["https://a.example/?x=1&y=2"]
+
+
+@pytest.mark.parametrize(
+    ("url", "tagged"),
+    [
+        ("https://a.example/", "https://a.example/?utm_source=s&utm_medium=m"),
+        ("https://a.example/?UTM_SOURCE=x", "https://a.example/?UTM_SOURCE=x&utm_medium=m"),
+        ("https://a.example/?utm%5Fmedium=y", "https://a.example/?utm%5Fmedium=y&utm_source=s"),
+        ("https://a.example/?q=utm_", "https://a.example/?q=utm_&utm_source=s&utm_medium=m"),
+        (
+            "https://a.example/#utm_source=f",
+            "https://a.example/?utm_source=s&utm_medium=m#utm_source=f",
+        ),
+    ],
+)
+def test_utm_parameters_a_link_already_has_are_kept_however_written(url, tagged):
+    tag = utm_tagger({"utm_source": "s", "utm_medium": "m"})
+    assert tag(url) == tagged

@@ -52,17 +52,25 @@ def utm_tagger(settings: Mapping[str, Any]) -> Callable[[str], str]:
     The URL is edited as text, not parsed and rebuilt, so everything it already holds
     (parameter order, encoding, fragment) stays exactly as written.
     """
-    wanted = [(name, str(settings[name])) for name in UTM_FIELDS if settings.get(name)]
+    # Encoded once per message: every link gets the same values.
+    wanted = [
+        (name, f"{name}={quote(str(settings[name]), safe='')}")
+        for name in UTM_FIELDS
+        if settings.get(name)
+    ]
 
     def tag(url: str) -> str:
         if not wanted:
             return url
         base, hash_mark, fragment = url.partition("#")
         _, question, query = base.partition("?")
-        present = {name.lower() for name, _ in parse_qsl(query, keep_blank_values=True)}
-        extra = "&".join(
-            f"{name}={quote(value, safe='')}" for name, value in wanted if name not in present
+        # Parsed only when a name could be a utm_ one (percent-encoded names included).
+        present = (
+            {name.lower() for name, _ in parse_qsl(query, keep_blank_values=True)}
+            if "%" in query or "utm_" in query.lower()
+            else ()
         )
+        extra = "&".join(pair for name, pair in wanted if name not in present)
         if not extra:
             return url
         if not question:
