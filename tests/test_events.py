@@ -3,6 +3,7 @@ server back."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import signal
@@ -466,3 +467,12 @@ def test_a_damaged_journal_line_is_skipped_and_the_lines_around_it_are_read(tmp_
     assert offset == journal.end
     assert '"journal.corrupt_line"' in capfd.readouterr().err
     journal.close()
+
+
+def test_events_read_back_or_enriched_equal_ones_built_the_usual_way():
+    event = Event(type="open", tenant="acme", message_id="m1", data={"recipient_number": 2})
+    assert Event.from_dict(json.loads(json.dumps(event.to_dict()))) == event
+    enriched = Event.from_fields(vars(event) | {"recipient": "r@example.com"})
+    assert enriched == dataclasses.replace(event, recipient="r@example.com")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        enriched.recipient = "someone@example.com"  # type: ignore[misc]
