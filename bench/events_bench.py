@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -296,6 +297,9 @@ def main() -> None:
     parser.add_argument(
         "--kind", choices=("plain", "open"), action="append", help="only these (repeatable)"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of every measurement (medians shown)"
+    )
     args = parser.parse_args()
     logs.configure("warning", json=True)
     backends = ["sqlite"]
@@ -311,44 +315,60 @@ def main() -> None:
         scratch = Path(tmp)
         for backend in backends:
             plain = make_events("plain", args.events)
-            baseline = measure(
-                backend,
-                f"baseline: insert_many, {BASELINE_BATCH:,} rows/transaction",
-                scratch,
-                lambda db, _, events=plain: run_insert_many(db, events),
-            )
-            naive = measure(
-                backend,
-                "baseline: one row per transaction",
-                scratch,
-                lambda db, _, events=plain: run_one_by_one(db, events),
-            )
-            for kind in kinds:
-                events = plain if kind == "plain" else make_events(kind, args.events)
-                arrangements: list[tuple[str, Callable[[pw.Database, str, list[Event]], float]]] = [
-                    ("served", lambda db, url, events: run_served(db, url, events, scratch)),
-                    ("one process", lambda db, url, events: run_bus(db, events, scratch)),
-                ]
-                for arrangement, run in arrangements:
-                    rate = measure(
+            baselines: list[float] = []
+            naive: list[float] = []
+            bus: dict[tuple[str, str], list[float]] = {}
+            arrangements: list[tuple[str, Callable[[pw.Database, str, list[Event]], float]]] = [
+                ("served", lambda db, url, events: run_served(db, url, events, scratch)),
+                ("one process", lambda db, url, events: run_bus(db, events, scratch)),
+            ]
+            # Round by round, so that whatever else the machine does falls on every side.
+            for _ in range(args.repeats):
+                baselines.append(
+                    measure(
                         backend,
-                        f"bus ({arrangement}), {kind} events",
+                        f"baseline: insert_many, {BASELINE_BATCH:,} rows/transaction",
                         scratch,
-                        lambda db, url, events=events, run=run: run(db, url, events),
+                        lambda db, _, events=plain: run_insert_many(db, events),
                     )
-                    rows.append(
-                        [
-                            backend,
-                            f"{kind} events",
-                            arrangement,
-                            fmt_rate(rate),
-                            fmt_rate(baseline),
-                            fmt_ratio(rate / baseline),
-                            fmt_rate(naive),
-                            fmt_ratio(rate / naive),
-                            goal_text(rate, GOALS[backend]),
-                        ]
+                )
+                naive.append(
+                    measure(
+                        backend,
+                        "baseline: one row per transaction",
+                        scratch,
+                        lambda db, _, events=plain: run_one_by_one(db, events),
                     )
+                )
+                for kind in kinds:
+                    events = plain if kind == "plain" else make_events(kind, args.events)
+                    for arrangement, run in arrangements:
+                        bus.setdefault((kind, arrangement), []).append(
+                            measure(
+                                backend,
+                                f"bus ({arrangement}), {kind} events",
+                                scratch,
+                                lambda db, url, events=events, run=run: run(db, url, events),
+                            )
+                        )
+            baseline = statistics.median(baselines)
+            one_by_one = statistics.median(naive)
+            for (kind, arrangement), rates in bus.items():
+                rate = statistics.median(rates)
+                rows.append(
+                    [
+                        backend,
+                        f"{kind} events",
+                        arrangement,
+                        fmt_rate(rate),
+                        f"{fmt_rate(min(rates))} to {fmt_rate(max(rates))}",
+                        fmt_rate(baseline),
+                        fmt_ratio(rate / baseline),
+                        fmt_rate(one_by_one),
+                        fmt_ratio(rate / one_by_one),
+                        goal_text(rate, GOALS[backend]),
+                    ]
+                )
     print()
     print(
         table(
@@ -357,6 +377,7 @@ def main() -> None:
                 "events",
                 "sinks run in",
                 "bus events/s",
+                "range",
                 "insert_many/s",
                 "bus/insert_many",
                 "1 row/txn /s",
@@ -367,7 +388,10 @@ def main() -> None:
             left=2,
         )
     )
-    print(f"\n{args.events:,} events per measurement; one-row baseline on {ONE_BY_ONE_ROWS:,}.")
+    print(
+        f"\n{args.events:,} events per measurement; one-row baseline on {ONE_BY_ONE_ROWS:,}; "
+        f"each measured {args.repeats} time(s), round by round: medians, with the bus's range"
+    )
     print(_common.footer())
 
 
