@@ -1,7 +1,10 @@
 """Events per second the event bus makes durable: journal + ``database`` sink, batched.
 
 * ScaiSend: an :class:`EventBus` with this node's journal and the ``database`` sink (and the
-  enrichment step the server runs before sinks), exactly as the server builds them. The clock
+  enrichment step the server runs before sinks), in two arrangements: ``served``, as
+  ``scaisend serve`` runs it (this process journals; the delivery child process, started the
+  way the server starts it, enriches and stores), and ``one process`` (the bus's own sink
+  threads in this process, as the command line and the Python API run it). The clock
   runs from the first ``emit`` until ``flush`` returns, that is until every event is both in
   the journal and committed to the database. Two kinds of event:
   ``plain`` (no recipient number: enrichment has nothing to look up) and ``open`` (as the pixel
@@ -16,8 +19,9 @@ PostgreSQL with its defaults (``fsync`` and ``synchronous_commit`` on). PostgreS
 ``SCAISEND_TEST_POSTGRES_URL`` is set; each measurement gets a database of its own there.
 
 Run ``python bench/events_bench.py`` in the bench environment (``tox -e bench``);
-``--events N`` changes the count (default 50,000); ``--database`` and ``--kind`` measure
-part of the table.
+``--events N`` changes the count (default 50,000); ``--repeats N`` the rounds of every
+measurement (default 3; medians are shown, with the bus's range); ``--database`` and
+``--kind`` measure part of the table.
 """
 
 from __future__ import annotations
