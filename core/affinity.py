@@ -5,8 +5,9 @@ Waking a thread that sleeps on another CPU costs several times a wake-up on the 
 CPU (tens of microseconds on virtual machines, where an idle CPU is halted in the hypervisor),
 which is more than many plugins' whole call. The scheduler would also move the waiting caller
 to the idle CPU the moment the worker runs. So for the length of a hand-over the caller is
-held on its CPU and the worker pinned to the same one; the caller's own affinity is restored
-when the call returns, and a worker left to a hung call is let go to any CPU.
+held on its CPU, and the worker is pinned to the same one until it wakes there; it then lets
+itself go to every CPU before running any plugin code, so a thread a plugin starts is not
+confined to one CPU, and the caller's own affinity is restored when the call returns.
 
 Linux only (``sched_getcpu`` and per-thread ``sched_setaffinity``); elsewhere, on a single
 allowed CPU, or when the kernel refuses, threads run wherever the scheduler puts them.
@@ -68,17 +69,23 @@ class CpuSharing:
             return None
         return Hold(cpu, before)
 
-    def pin(self, native_id: int, pinned: int | None, hold: Hold | None) -> int | None:
-        """Pin thread ``native_id`` (pinned to ``pinned`` so far) to the held caller's CPU;
-        the CPU it is pinned to now."""
-        if hold is None or hold.cpu == pinned:
-            return pinned
+    def pin(self, native_id: int, hold: Hold | None) -> bool:
+        """Pin thread ``native_id`` to the held caller's CPU, so that it wakes there; whether
+        it is pinned (it must then :meth:`let_go` once awake)."""
+        if hold is None:
+            return False
         try:
             os.sched_setaffinity(native_id, {hold.cpu})
         except OSError as exc:
             self._disable(exc)
-            return pinned
-        return hold.cpu
+            return False
+        return True
+
+    def let_go(self) -> None:
+        """Let the calling thread run on every CPU the process started with again."""
+        # Refused (a cpuset changed under the process): it stays where it is, which is allowed.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, self._allowed)
 
     def restore(self, hold: Hold | None) -> None:
         """Give the calling thread back the affinity it had before :meth:`hold`."""
@@ -87,15 +94,7 @@ class CpuSharing:
                 os.sched_setaffinity(0, hold.before)
             except OSError as exc:  # a CPU it had went offline: any allowed one will do
                 log.info("affinity.restore_failed", error=str(exc))
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(0, self._allowed)
-
-    def release(self, native_id: int) -> None:
-        """Let thread ``native_id`` run on any CPU the process started with."""
-        # The thread may have exited, or pinning be refused: then there is nothing to undo.
-        if self._allowed:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(native_id, self._allowed)
+                self.let_go()
 
     def _disable(self, exc: OSError) -> None:
         if self.enabled:

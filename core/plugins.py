@@ -78,7 +78,6 @@ class _Worker:
         thread.start()
         assert thread.native_id is not None  # set before start() returns
         self.native_id = thread.native_id
-        self.cpu: int | None = None  # the CPU it is pinned to, if any
 
     def _serve(self) -> None:
         while True:
@@ -122,7 +121,19 @@ class _Workers:
         finished = _thread.allocate_lock()
         finished.acquire()
 
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            worker = _Worker()
+        # The caller only waits while the worker runs: sharing one CPU makes both wake-ups
+        # cheap (core/affinity.py). Taken after the worker exists, which must not inherit it.
+        cpus = self._cpus
+        held = cpus.hold()
+        pinned = cpus.pin(worker.native_id, held)
+
         def job() -> None:
+            if pinned:
+                cpus.let_go()  # awake on the caller's CPU, which was all the pinning was for
             try:
                 for index, call in enumerate(calls):
                     with state:
@@ -147,14 +158,6 @@ class _Workers:
             finally:
                 finished.release()
 
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            worker = _Worker()
-        # The caller only waits while the worker runs: sharing one CPU makes both wake-ups
-        # cheap (core/affinity.py).
-        held = self._cpus.hold()
-        worker.cpu = self._cpus.pin(worker.native_id, worker.cpu, held)
         worker.jobs.put(job)
         try:
             while True:
@@ -169,11 +172,9 @@ class _Workers:
                     if current[0] != index or time.monotonic() - started[0] < budget:
                         continue  # the worker moved on to a later call: wait for that one
                     abandoned = True
-                # The hung call keeps its thread, but not the caller's CPU.
-                self._cpus.release(worker.native_id)
                 return outcomes, index
         finally:
-            self._cpus.restore(held)
+            cpus.restore(held)
         with self._lock:
             if len(self._idle) < self.IDLE_LIMIT:
                 self._idle.append(worker)

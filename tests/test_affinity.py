@@ -24,20 +24,34 @@ def implementation(function) -> Implementation:
     return Implementation(plugin_name="probe", function=function, argnames=(), plugin=object())
 
 
-def test_a_plugin_call_runs_on_the_cpu_its_caller_waits_on():
+def test_the_caller_waits_on_one_cpu_and_gets_its_cpus_back():
     caller = threading.get_native_id()
     before = os.sched_getaffinity(0)
     seen: dict[str, set[int]] = {}
 
     def probe() -> None:
-        seen["worker"] = os.sched_getaffinity(0)
         seen["caller"] = os.sched_getaffinity(caller)
 
     ok, _ = host().call_sync("instrument", implementation(probe))
     assert ok
-    assert len(seen["worker"]) == 1
-    assert seen["caller"] == seen["worker"]
+    assert len(seen["caller"]) == 1
+    assert seen["caller"] <= before
     assert os.sched_getaffinity(0) == before
+
+
+def test_plugin_code_and_the_threads_it_starts_may_run_on_every_cpu():
+    allowed = os.sched_getaffinity(0)
+    seen: dict[str, set[int]] = {}
+
+    def starts_a_thread() -> None:
+        seen["plugin"] = os.sched_getaffinity(0)
+        thread = threading.Thread(target=lambda: seen.setdefault("thread", os.sched_getaffinity(0)))
+        thread.start()
+        thread.join()
+
+    ok, _ = host().call_sync("instrument", implementation(starts_a_thread))
+    assert ok
+    assert seen == {"plugin": allowed, "thread": allowed}
 
 
 def test_a_caller_pinned_by_its_application_keeps_its_pinning():
