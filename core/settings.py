@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import structlog
 
+from core import jsontext
 from core.config import Tenant, thaw
 from core.features import OrderedFeatures
 from core.schema import feature_defaults, tracking_schema
@@ -34,6 +35,10 @@ class SettingsError(ValueError):
 _KNOWN_LIMIT = 256
 
 log = structlog.get_logger("scaisend.settings")
+
+
+def _key_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _leaves(value: Any) -> int:
@@ -90,6 +95,10 @@ class SettingsLayers:
     _known: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
     # Stored overrides that still apply, by the layers they were worked out from.
     _applicable: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Each tenant's YAML settings as JSON text, with the (immutable) mapping it was made from.
+    _tenant_text: dict[str, tuple[Mapping[str, Any], str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -110,15 +119,12 @@ class SettingsLayers:
     ) -> dict[str, Any]:
         """The settings one send runs with. Raises :class:`SettingsError`."""
         try:
-            key = json.dumps(
-                [tenant.id, thaw(tenant.tracking), stored or {}, request or {}],
-                sort_keys=True,
-                separators=(",", ":"),
-            )
+            layers = (_key_text(stored or {}), _key_text(request or {}))
+            key = f"[{self._tracking_text(tenant)},{layers[0]},{layers[1]}]"
         except (TypeError, ValueError):
             key = None  # not JSON data (no request body holds such values): work it out
         if key is not None and (known := self._known.get(key)) is not None:
-            copied: dict[str, Any] = json.loads(known)
+            copied: dict[str, Any] = jsontext.loads(known)
             return copied
         merged = deep_merge(self.builtin(), tenant.tracking)
         if stored:
@@ -133,6 +139,16 @@ class SettingsLayers:
                     self._known.clear()
                 self._known[key] = text
         return merged
+
+    def _tracking_text(self, tenant: Tenant) -> str:
+        """``tenant``'s id and YAML settings as key text, worked out once per config: the
+        frozen mapping is walked through ``Mapping`` checks, which cost more than the rest of
+        the key."""
+        known = self._tenant_text.get(tenant.id)
+        if known is None or known[0] is not tenant.tracking:
+            known = (tenant.tracking, _key_text([tenant.id, thaw(tenant.tracking)]))
+            self._tenant_text[tenant.id] = known
+        return known[1]
 
     def applicable(
         self, tenant: Tenant, stored: Mapping[str, Any], keep: Mapping[str, Any] | None = None

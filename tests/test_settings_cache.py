@@ -3,6 +3,7 @@ documented delay, never changed by a caller, never remembering a refusal as a su
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import peewee as pw
 import pytest
 from playhouse.pool import PooledDatabase
 
+from core.config import freeze, thaw
 from core.overrides import StoredOverrides
 from core.runtime import Runtime
 from core.settings import SettingsError
@@ -137,3 +139,17 @@ def test_invalid_settings_are_refused_every_time(runtime):
     assert runtime.settings.effective(tenant, None, {"open_tracking": {"enable": True}})
     with pytest.raises(SettingsError):
         runtime.settings.effective(tenant, None, {"open_tracking": {"enable": 1}})
+
+
+def test_a_tenant_configured_again_under_the_same_id_gets_its_new_settings(tmp_path):
+    runtime = Harness(tmp_path).open_runtime()
+    layers = runtime.settings
+    tenant = runtime.config.tenants["acme"]
+    assert layers.effective(tenant)["open_tracking"]["enable"] is True  # and remembered
+    tracking = {**thaw(tenant.tracking), "open_tracking": {"enable": False}}
+    reconfigured = dataclasses.replace(tenant, tracking=freeze(tracking))
+    try:
+        assert layers.effective(reconfigured)["open_tracking"]["enable"] is False
+        assert layers.effective(tenant)["open_tracking"]["enable"] is True
+    finally:
+        runtime.close()
