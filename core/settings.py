@@ -163,9 +163,9 @@ class SettingsLayers:
         """
         key = None
         if keep is None:  # what a send asks for again and again: worked out (and logged) once
-            key = json.dumps([tenant.id, thaw(tenant.tracking), stored], sort_keys=True)
+            key = f"[{self._tracking_text(tenant)},{_key_text(stored)}]"
             if (known_usable := self._applicable.get(key)) is not None:
-                copied: dict[str, Any] = json.loads(known_usable)
+                copied: dict[str, Any] = jsontext.loads(known_usable)
                 return copied
         usable = self._usable(tenant, stored, keep)
         if key is not None:
