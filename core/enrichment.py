@@ -19,8 +19,6 @@ answer, because the first interaction remembers which event it was.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import operator
 import threading
 from collections import OrderedDict
@@ -32,26 +30,16 @@ from typing import Any
 import peewee as pw
 
 from core.events import Event
-from core.storage import FirstInteraction, MessageRecipient
+from core.storage import (
+    INTERACTION_FIELDS,
+    INTERACTION_KEY,
+    FirstInteraction,
+    MessageRecipient,
+    interaction_key_hash,
+)
 from core.storage.bulk import insert_new, select_matching
 
 DEDUPE_KEY = "dedupe_key"
-
-_INTERACTION_FIELDS = (
-    FirstInteraction.message_id,
-    FirstInteraction.recipient_number,
-    FirstInteraction.kind,
-    FirstInteraction.key_hash,
-    FirstInteraction.event_id,
-    FirstInteraction.at,
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def _key_hash(key: str) -> str:
-    # Cached: every open has the same key, and a campaign's clicks a few URLs.
-    return hashlib.sha256(key.encode()).hexdigest()
-
 
 _Answer = tuple[str | None, bool | None]
 """What enrichment adds to one event: its recipient's address and whether it is the unique one
@@ -164,7 +152,7 @@ class EventEnricher:
             event.message_id,
             int(event.data["recipient_number"]),
             event.type,
-            _key_hash(str(event.data[DEDUPE_KEY])),
+            interaction_key_hash(str(event.data[DEDUPE_KEY])),
         )
 
     def _emails(self, events: list[Event]) -> dict[tuple[str | None, int], str]:
@@ -202,14 +190,14 @@ class EventEnricher:
             event_id
             for (event_id,) in insert_new(
                 self.db,
-                _INTERACTION_FIELDS,
+                INTERACTION_FIELDS,
                 [(*key, event.id, event.timestamp.replace(tzinfo=None)) for key, event in ordered],
                 (FirstInteraction.event_id,),
             )
         }
         firsts = {key: event.id for key, event in ordered if event.id in claimed}
         earlier = [key for key, event in ordered if event.id not in claimed]
-        stored = select_matching(self.db, _INTERACTION_FIELDS[:5], _INTERACTION_FIELDS[:4], earlier)
+        stored = select_matching(self.db, INTERACTION_FIELDS[:5], INTERACTION_KEY, earlier)
         for message, number, kind, key_hash, event_id in stored:
             firsts[(message, number, kind, key_hash)] = event_id
         return firsts

@@ -6,16 +6,8 @@ import peewee as pw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.storage import FirstInteraction
+from core.storage import INTERACTION_FIELDS, INTERACTION_KEY, FirstInteraction
 from core.storage.bulk import insert_ignoring_conflicts, select_matching
-
-KEYS = (
-    FirstInteraction.message_id,
-    FirstInteraction.recipient_number,
-    FirstInteraction.kind,
-    FirstInteraction.key_hash,
-)
-FIELDS = (*KEYS, FirstInteraction.event_id, FirstInteraction.at)
 
 
 def stored(database: pw.Database, keys: list[tuple[str, int, str, str]]) -> None:
@@ -23,7 +15,7 @@ def stored(database: pw.Database, keys: list[tuple[str, int, str, str]]) -> None
         FirstInteraction.delete().execute(database)
         insert_ignoring_conflicts(
             database,
-            FIELDS,
+            INTERACTION_FIELDS,
             [(*key, f"e-{n}", "2026-01-01 00:00:00") for n, key in enumerate(keys)],
         )
 
@@ -48,7 +40,11 @@ def test_only_the_asked_keys_come_back(database, present, asked, page_size):
     stored(database, present)
     with database.connection_context():
         rows = select_matching(
-            database, (*KEYS, FirstInteraction.event_id), KEYS, asked, page_size=page_size
+            database,
+            (*INTERACTION_KEY, FirstInteraction.event_id),
+            INTERACTION_KEY,
+            asked,
+            page_size=page_size,
         )
     owners = {k: f"e-{n}" for n, k in enumerate(present)}
     assert sorted(rows) == sorted((*k, owners[k]) for k in asked if k in owners)
@@ -57,4 +53,4 @@ def test_only_the_asked_keys_come_back(database, present, asked, page_size):
 def test_nothing_asked_reads_nothing(database):
     stored(database, [("m1", 0, "open", "")])
     with database.connection_context():
-        assert select_matching(database, KEYS, KEYS, []) == []
+        assert select_matching(database, INTERACTION_KEY, INTERACTION_KEY, []) == []

@@ -12,7 +12,7 @@ import peewee as pw
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from core.storage import EventRecord, FirstInteraction
+from core.storage import INTERACTION_FIELDS, INTERACTION_KEY, EventRecord, FirstInteraction
 from core.storage.bulk import insert_ignoring_conflicts, insert_new, select_matching
 from sinks.database import EVENT_FIELDS
 
@@ -29,13 +29,6 @@ json_value = st.recursive(
     max_leaves=6,
 )
 
-KEYS = (
-    FirstInteraction.message_id,
-    FirstInteraction.recipient_number,
-    FirstInteraction.kind,
-    FirstInteraction.key_hash,
-)
-CLAIM = (*KEYS, FirstInteraction.event_id, FirstInteraction.at)
 EVENT = EVENT_FIELDS  # as the database sink stores events
 
 claim = st.tuples(text, st.integers(-(2**31), 2**31 - 1), text, text, text, moment)
@@ -62,13 +55,15 @@ examples = settings(
 def test_claims_answer_what_they_inserted_and_read_back_exactly(database, before, rows):
     with database.connection_context():
         FirstInteraction.delete().execute(database)
-        insert_new(database, CLAIM, before, (FirstInteraction.event_id,))
+        insert_new(database, INTERACTION_FIELDS, before, (FirstInteraction.event_id,))
         taken = {row[:4] for row in before}
 
-        inserted = insert_new(database, CLAIM, rows, KEYS)
+        inserted = insert_new(database, INTERACTION_FIELDS, rows, INTERACTION_KEY)
 
         assert sorted(inserted) == sorted(row[:4] for row in rows if row[:4] not in taken)
-        stored = select_matching(database, CLAIM[:5], KEYS, [row[:4] for row in rows])
+        stored = select_matching(
+            database, INTERACTION_FIELDS[:5], INTERACTION_KEY, [row[:4] for row in rows]
+        )
     owners = {row[:4]: row for row in before}
     assert sorted(stored) == sorted(owners.get(row[:4], row)[:5] for row in rows)
 

@@ -3,6 +3,8 @@
 from core.storage.database import connect_database, migrate, ping
 from core.storage.first_opens import first_open_times
 from core.storage.models import (
+    INTERACTION_FIELDS,
+    INTERACTION_KEY,
     MODELS,
     EventRecord,
     FirstInteraction,
@@ -10,9 +12,12 @@ from core.storage.models import (
     MessageRecipient,
     TenantSettings,
     database_proxy,
+    interaction_key_hash,
 )
 
 __all__ = [
+    "INTERACTION_FIELDS",
+    "INTERACTION_KEY",
     "MODELS",
     "EventRecord",
     "FirstInteraction",
@@ -22,6 +27,7 @@ __all__ = [
     "connect_database",
     "database_proxy",
     "first_open_times",
+    "interaction_key_hash",
     "migrate",
     "ping",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import peewee as pw
 import structlog
 from playhouse.db_url import connect
 
+from core.storage.first_opens import OPEN
 from core.storage.models import (
     BaseModel,
     EventRecord,
@@ -23,6 +23,7 @@ from core.storage.models import (
     Suppression,
     TenantSettings,
     database_proxy,
+    interaction_key_hash,
 )
 
 log = structlog.get_logger("scaisend.storage")
@@ -72,7 +73,7 @@ def _first_open_times_from_interactions(db: pw.Database) -> None:
         "(message_id, recipient_number, kind, key_hash, event_id, at) "
         "SELECT message_id, number, %s, %s, '', first_open_at FROM message_recipients "
         "WHERE first_open_at IS NOT NULL ON CONFLICT DO NOTHING".replace("%s", db.param),
-        ("open", hashlib.sha256(b"").hexdigest()),
+        (OPEN, interaction_key_hash("")),
     )
     db.execute_sql("ALTER TABLE message_recipients DROP COLUMN first_open_at")  # type: ignore[no-untyped-call]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 
 import peewee as pw
 
@@ -94,6 +96,24 @@ class FirstInteraction(BaseModel):
     class Meta:
         table_name = "first_interactions"
         primary_key = pw.CompositeKey("message_id", "recipient_number", "kind", "key_hash")
+
+
+INTERACTION_KEY = (
+    FirstInteraction.message_id,
+    FirstInteraction.recipient_number,
+    FirstInteraction.kind,
+    FirstInteraction.key_hash,
+)
+"""The columns that make a first interaction, in its primary key's order."""
+INTERACTION_FIELDS = (*INTERACTION_KEY, FirstInteraction.event_id, FirstInteraction.at)
+"""Every column of a first interaction, in the order bulk writes take them."""
+
+
+@functools.lru_cache(maxsize=4096)
+def interaction_key_hash(key: str) -> str:
+    """What ``key_hash`` holds for a dedupe key (opens: ``""``; clicks: the URL)."""
+    # Cached: every open has the same key, and a campaign's clicks a few URLs.
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 NO_GROUP = 0
