@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -98,32 +99,33 @@ def test_a_follower_takes_every_event_once_across_emptied_journals(tmp_path):
         writer.stop(timeout=5)
 
 
+@contextmanager
+def running(bus: EventBus) -> Iterator[EventBus]:
+    bus.start()
+    try:
+        yield bus
+    finally:
+        bus.stop(timeout=5)
+
+
 def test_a_journal_emptied_in_process_is_neither_lost_nor_delivered_again_after_a_restart(
     tmp_path,
 ):
     directory = tmp_path / "journal"
     sink = RecordingSink("a")
-    bus = EventBus(Journal(directory), [sink], linger=0.01, compact_bytes=2000)
-    bus.start()
-    try:
+    with running(EventBus(Journal(directory), [sink], linger=0.01, compact_bytes=2000)) as bus:
         first = emit_clicks(bus, 30, 0)
         assert bus.flush(DEADLINE_SECONDS)
         wait_for(lambda: bus.journal.generation == 1, "the journal to be emptied", 30)
         second = emit_clicks(bus, 3, 30)
         assert bus.flush(DEADLINE_SECONDS)
-    finally:
-        bus.stop(timeout=5)
     assert sink.taken() == first + second
 
     again = RecordingSink("a")
-    restarted = EventBus(Journal(directory), [again], linger=0.01, compact_bytes=2000)
-    restarted.start()
-    try:
-        third = emit_clicks(restarted, 2, 33)
-        assert restarted.flush(DEADLINE_SECONDS)
-    finally:
-        restarted.stop(timeout=5)
-    assert restarted.journal.generation == 1
+    with running(EventBus(Journal(directory), [again], linger=0.01, compact_bytes=2000)) as bus:
+        third = emit_clicks(bus, 2, 33)
+        assert bus.flush(DEADLINE_SECONDS)
+    assert bus.journal.generation == 1
     assert again.taken() == third
 
 
@@ -256,10 +258,7 @@ def test_batches_are_stored_once_and_in_order_through_failures(tmp_path, read_ah
         read_ahead=read_ahead,
     )
     emitted = emit_clicks(bus, 60, 0)
-    bus.start()
-    try:
+    with running(bus):
         assert bus.flush(DEADLINE_SECONDS)
         assert sink.taken() == emitted
         assert sink.overlapped is True
-    finally:
-        bus.stop(timeout=5)
