@@ -4,6 +4,7 @@ clean stop, started again when it dies."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -127,6 +128,48 @@ def test_a_journal_emptied_in_process_is_neither_lost_nor_delivered_again_after_
         assert bus.flush(DEADLINE_SECONDS)
     assert bus.journal.generation == 1
     assert again.taken() == third
+
+
+def deleted_journals_held_open(directory: Path) -> int:
+    """How many emptied journal files this process still holds open (their blocks unfreed)."""
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            held += target.startswith(str(directory)) and target.endswith("(deleted)")
+    return held
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd (Linux)")
+def test_an_emptied_journal_is_replaced_and_its_space_given_back_by_the_next_emptying(tmp_path):
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    (directory / "main.journal.next").write_bytes(b"left by a crash while emptying\n")
+    sink = RecordingSink("a")
+    with running(EventBus(Journal(directory), [sink], linger=0.01, compact_bytes=2000)) as bus:
+        assert not (directory / "main.journal.next").exists()
+        taken: list[str] = []
+        for generation in (1, 2, 3):
+            before = os.stat(directory / "main.journal").st_ino
+            taken += emit_clicks(bus, 30, 30 * generation)
+            assert bus.flush(DEADLINE_SECONDS)
+            wait_for(
+                lambda generation=generation: bus.journal.generation == generation,
+                f"generation {generation}",
+                30,
+            )
+            # A new file took the journal's name (appends wait for a rename, not for the old
+            # file's blocks to be freed), and only the last emptied file is still held open.
+            assert os.stat(directory / "main.journal").st_ino != before
+            wait_for(
+                lambda: deleted_journals_held_open(directory) <= 1,
+                "all but the last emptied journal to be closed",
+                30,
+            )
+        last = emit_clicks(bus, 2, 200)
+        assert bus.flush(DEADLINE_SECONDS)
+    assert sink.taken() == taken + last
+    assert deleted_journals_held_open(directory) == 0
 
 
 # A real server and its delivery process --------------------------------------------------------
