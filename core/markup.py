@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 _TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9:_.-]*")
@@ -105,7 +105,11 @@ _NAME_CHAR = "A-Za-z0-9:_.-"
 # The extent of a start tag's attributes up to its ">", exactly as ``_parse_attributes`` reads
 # them (a quoted value may hold ">"; an unclosed quote or tag runs to the end of the source,
 # which is where a possessive run stops when it does not stop at its closing character).
+# The commonest shape, blanks then name="value", is stepped over first in fewer steps of the
+# matcher (a fifth of the scan's time); it reads those attributes exactly as the general form
+# after it does, which takes over at the first attribute of any other shape.
 _ATTRIBUTES = (
+    rf"(?:{_S}++[{_NAME_CHAR}]++=\"[^\"]*+\")*+"
     rf"(?:[{_NOT_S}/]*+[^{_NOT_S}/>][^{_NOT_S}/>=]*+"
     rf"(?:{_S}*+={_S}*+(?:\"[^\"]*+\"?|'[^']*+'?|[^{_NOT_S}>]*+))?)*+"
     rf"[{_NOT_S}/]*+>?"
@@ -163,28 +167,33 @@ def _next_named_tag(names: str, excluded: list[str]) -> re.Pattern[str]:
         r"|(?![A-Za-z])"
         ")[^<]*+)*+"
     )
-    return re.compile(rf"{skipped}(?P<tag><(?P<name>{names})(?![{_NAME_CHAR}]))")
+    return re.compile(rf"{skipped}(?P<tag><(?P<name>{names})(?![{_NAME_CHAR}])){_ATTRIBUTES}")
 
 
 _NEXT_LINK_TAG = _next_named_tag(_LINK_NAME, ["a", "area", "v:"])
 _NEXT_IMAGE_TAG = _next_named_tag(_IMAGE_NAME, ["img", "v:"])
 
 
-def _scan_named(source: str, pattern: re.Pattern[str]) -> Iterator[Tag]:
+def _scan_named(
+    source: str, pattern: re.Pattern[str], wanted: Callable[[str], bool] | None = None
+) -> Iterator[Tag]:
     pos = 0
-    while True:
-        match = pattern.match(source, pos)
-        if match is None:
-            return
-        attributes, end = _parse_attributes(source, match.end())
-        yield Tag(match.group("name").lower(), match.start("tag"), end, tuple(attributes))
-        pos = end
+    while (match := pattern.match(source, pos)) is not None:
+        pos = match.end()  # the found tag's end: the pattern steps over its attributes too
+        if wanted is not None and not wanted(source[match.start("tag") : pos]):
+            continue
+        attributes, pos = _parse_attributes(source, match.end("name"))
+        yield Tag(match.group("name").lower(), match.start("tag"), pos, tuple(attributes))
 
 
-def scan_link_tags(source: str) -> Iterator[Tag]:
+def scan_link_tags(source: str, *, wanted: Callable[[str], bool] | None = None) -> Iterator[Tag]:
     """The ``<a>``, ``<area>`` and VML (``<v:...>``) tags of :func:`scan_tags`, found without
-    parsing the attributes of any other tag: the same tags, offsets and attributes."""
-    return _scan_named(source, _NEXT_LINK_TAG)
+    parsing the attributes of any other tag: the same tags, offsets and attributes.
+
+    With ``wanted``, only the tags whose text (from ``<`` to ``>``) it accepts are parsed and
+    given: a caller that cares only about some values steps over the rest cheaply.
+    """
+    return _scan_named(source, _NEXT_LINK_TAG, wanted)
 
 
 def scan_image_tags(source: str) -> Iterator[Tag]:
