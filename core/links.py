@@ -49,15 +49,38 @@ def has_placeholder(text: str) -> bool:
     return bool(_PLACEHOLDER.search(text))
 
 
+# Browsers drop tabs and newlines inside a URL, so they may stand between the letters of "http".
+_SPLIT_HTTP = re.compile(r"h[\t\n\r]*t[\t\n\r]*t[\t\n\r]*p")
+
+
+def _may_matter(tag_text: str) -> bool:
+    """Whether a link tag could lead to an http(s) URL or opt out of click tracking: its text
+    holds "http" in any case, "&" (a character reference may spell any of it) or the opt-out
+    attribute's name."""
+    if "&" in tag_text:
+        return True
+    lowered = tag_text.lower()
+    return (
+        "http" in lowered
+        or "clicktracking" in lowered
+        or (
+            ("\t" in lowered or "\n" in lowered or "\r" in lowered)
+            and _SPLIT_HTTP.search(lowered) is not None
+        )
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def links(source: str) -> tuple[Link, ...]:
-    """Every href of a link-bearing tag, in document order.
+    """The hrefs of link-bearing tags that could lead to an http(s) URL or carry
+    ``clicktracking``, in document order; tags that can do neither (``#top``, ``mailto:``,
+    ``*|UNSUB|*``: most links of most messages) are stepped over without parsing them.
 
     Remembered for the last few sources, so the features of one message (and the sends of one
     newsletter) share a single scan; links are immutable, so sharing them is safe.
     """
     found: list[Link] = []
-    for tag in scan_link_tags(source):
+    for tag in scan_link_tags(source, wanted=_may_matter):
         href = tag.get("href")
         if href is not None and href.value is not None:
             url = href.value.strip()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.links import links
+from core.links import Link, is_http, links
 from core.markup import Tag, scan_image_tags, scan_link_tags, scan_tags
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "html"
@@ -45,6 +45,10 @@ PIECES = [
     "<textarea",
     "<?xml ",
     "<img src=",
+    '<td title="',
+    "<p class='",
+    ' style="a>b" ',
+    ' x="1"y="2>"',
 ]
 HTMLISH = st.lists(st.sampled_from(PIECES), max_size=120).map("".join)
 
@@ -78,6 +82,9 @@ def test_same_tags_offsets_and_attributes_as_the_full_scan(source):
         '<div a"b><a href=https://quote-in-name.example/>',
         "<\u017fcript><a href=https://not-a-script.example/>",
         '<a href="https://unclosed.example/',
+        '<td title="x>y"><a href=https://after-a-quoted-gt.example/>',
+        '<td a="1" title="x> <a href=https://hidden.example/>"><a href=https://real.example/>',
+        "<td style='a>b' class=\"c\"><a href=https://single-quoted.example/>",
     ],
 )
 def test_tricky_documents(source):
@@ -100,6 +107,48 @@ def test_every_corpus_file_gives_the_same_link_tags():
         total_images += len(images)
     assert total > 800
     assert total_images > 400
+
+
+HTTP_SPELLINGS = ["http", "HTTP", "hTtP", "ht\ttp", "h\nt\rtp", "&#104;ttp", "&#x68;TTP"]
+SCHEME = st.sampled_from(
+    [*HTTP_SPELLINGS, "&#72;&#84;tp", "mailto:", "#", "*|UNSUB|*", "{{url}}", "javascript:", ""]
+)
+REST = st.sampled_from(["://x.example/", "s://y.example/?a=1&amp;b=2", ":a@x.example", ""])
+QUOTE = st.sampled_from(['"', "'", ""])
+LINK_TAG = st.builds(
+    lambda name, before, quote, scheme, rest, after: (
+        f"<{name}{before} href={quote}{scheme}{rest}{quote}{after}>"
+    ),
+    st.sampled_from(["a", "A", "area", "v:roundrect", "V:Rect"]),
+    st.sampled_from(["", " class=x", ' title="t"', "\n style='a:b'"]),
+    QUOTE,
+    SCHEME,
+    REST,
+    st.sampled_from(["", " clicktracking=off", " ClickTracking='OFF'", " target=_blank"]),
+)
+LINKISH = st.lists(st.one_of(LINK_TAG, st.sampled_from(PIECES)), max_size=40).map("".join)
+
+
+def every_link(source: str) -> list[Link]:
+    found = []
+    for tag in link_tags_of_full_scan(source):
+        href = tag.get("href")
+        if href is not None and href.value is not None:
+            url = "".join(c for c in href.value.strip() if c not in "\t\n\r")
+            found.append(Link(tag, href, url))
+    return found
+
+
+@settings(max_examples=600)
+@given(LINKISH)
+def test_links_skip_only_tags_that_can_neither_lead_to_http_nor_opt_out(source):
+    found = list(links(source))
+    everything = every_link(source)
+    assert all(link in everything for link in found)
+    assert found == sorted(found, key=lambda link: link.tag.start)
+    for link in everything:
+        if is_http(link.url) or link.tag.get("clicktracking") is not None:
+            assert link in found
 
 
 def test_links_of_an_equal_source_are_the_same_links():
