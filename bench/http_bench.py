@@ -34,7 +34,9 @@ For each route:
    one written when due counts from when it was written. The same rate is sent to both servers,
    in the steady state: once ScaiSend's sinks have stored the events of the maximum runs (their
    backlog is worked off by the delivery process beside the server, which is a burst, not half
-   load); the wait is printed.
+   load); the wait is printed. ``--latency-repeats`` runs (3 by default) alternate between the
+   two servers, each run's p99 is shown, and the goal is judged on ScaiSend's median p99: one
+   run's p99 is its 1% slowest requests, which a single stall of the virtual machine decides.
 
 Every loop is bounded in time and count; only 127.0.0.1 is used; servers are killed in
 ``finally``. Needs ``wrk`` on PATH (Debian: ``apt-get install wrk``); without it the maximum is
@@ -55,6 +57,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -358,9 +361,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="max-throughput runs per server")
+    parser.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=3,
+        help="half-load runs per server, alternating; the goal is judged on the median p99",
+    )
     args = parser.parse_args()
     duration = min(max(args.duration, 1.0), 120.0)
     repeats = min(max(args.repeats, 1), 5)
+    args.latency_repeats = min(max(args.latency_repeats, 1), 7)
     wrk = shutil.which("wrk")
 
     tmp = Path(tempfile.mkdtemp(prefix="scaisend-http-bench-"))
@@ -527,14 +537,22 @@ def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: S
         time.sleep(0.2)
     route.catch_up = time.perf_counter() - started
     half = best[scaisend.name]["rps"] / 2
+    # One run's p99 is the 1% slowest of its requests: a single stall of the virtual machine
+    # decides it for either server. Alternating runs, judged on the median, see such a stall
+    # in one run of several (every run is shown).
     half_rows = []
-    for server in (bare, scaisend):
-        result = asyncio.run(
-            load(server.port, paths, rate=half, duration=duration, connections=args.connections)
-        )
-        answered += result["requests"] if server is scaisend else 0
-        half_rows.append((server.name, result))
+    for _ in range(args.latency_repeats):
+        for server in (bare, scaisend):
+            result = asyncio.run(
+                load(server.port, paths, rate=half, duration=duration, connections=args.connections)
+            )
+            answered += result["requests"] if server is scaisend else 0
+            half_rows.append((server.name, result))
     route.answered = answered
+    p99s = {
+        server.name: sorted(result["p99"] for name, result in half_rows if name == server.name)
+        for server in (bare, scaisend)
+    }
 
     print()
     print(f"== {route.name}: valid tokens (1,000 cycled) on {HOST}, {duration:g} s per run")
@@ -589,9 +607,9 @@ def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: S
     print()
     print(
         f"2. Latency at half of ScaiSend's maximum ({half:,.0f} requests/s, open loop, "
-        f"Python asyncio client, up to {args.connections} connections), same rate to both; "
-        f"started once ScaiSend's sinks had stored the earlier runs' events "
-        f"({route.catch_up:.1f} s after the last maximum run)"
+        f"Python asyncio client, up to {args.connections} connections), same rate to both, "
+        f"{args.latency_repeats} run(s) each, alternating; started once ScaiSend's sinks had "
+        f"stored the earlier runs' events ({route.catch_up:.1f} s after the last maximum run)"
     )
     print()
     rows = []
@@ -628,16 +646,26 @@ def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: S
         )
     )
     print()
+    print(
+        table(
+            ["median of the runs", "p99 ms", "p99 range ms"],
+            [
+                (name, f"{statistics.median(values):.2f}", f"{values[0]:.2f} to {values[-1]:.2f}")
+                for name, values in p99s.items()
+            ],
+        )
+    )
+    print()
     print("Both answer alike (status, body bytes, headers but Date):")
     for name, shape in shapes.items():
         print(f"  {name:<24} {shape[0]} {shape[1]} bytes {shape[2]}")
     print()
-    p99 = half_rows[1][1]["p99"]
+    p99 = statistics.median(p99s[scaisend.name])
     return [
         f"goal [{route.name}] throughput ScaiSend >= {GOAL_THROUGHPUT:g}x bare: "
         f"{fmt_ratio(ratio)} -> {'met' if ratio >= GOAL_THROUGHPUT else 'MISSED'}",
-        f"goal [{route.name}] p99 <= {GOAL_P99_MS:g} ms at half load: {p99:.2f} ms -> "
-        f"{'met' if p99 <= GOAL_P99_MS else 'MISSED'}",
+        f"goal [{route.name}] p99 <= {GOAL_P99_MS:g} ms at half load (median of "
+        f"{len(p99s[scaisend.name])}): {p99:.2f} ms -> {'met' if p99 <= GOAL_P99_MS else 'MISSED'}",
     ]
 
 
