@@ -18,6 +18,13 @@ import string
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+next_tag: Callable[[str, int, bool], tuple[int, int, int] | None] | None
+try:
+    # The same steps as the patterns below, in C: most of the time instrumenting takes.
+    from core._tagscan import next_tag
+except ImportError:  # built without a C compiler: the patterns find the same tags
+    next_tag = None
+
 _TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9:_.-]*")
 _RAW_TEXT = frozenset({"script", "style", "textarea", "title", "xmp", "noembed", "noframes"})
 _CONDITIONAL_OPEN = re.compile(r"<!--\[if[^\]]*\]>", re.IGNORECASE)
@@ -174,9 +181,11 @@ _NEXT_LINK_TAG = _next_named_tag(_LINK_NAME, ["a", "area", "v:"])
 _NEXT_IMAGE_TAG = _next_named_tag(_IMAGE_NAME, ["img", "v:"])
 
 
-def _scan_named(
-    source: str, pattern: re.Pattern[str], wanted: Callable[[str], bool] | None = None
-) -> Iterator[Tag]:
+Wanted = Callable[[str], bool] | None
+"""Given a found tag's text (from ``<`` to ``>``), whether to parse and give it."""
+
+
+def _scan_by_pattern(source: str, pattern: re.Pattern[str], wanted: Wanted) -> Iterator[Tag]:
     pos = 0
     while (match := pattern.match(source, pos)) is not None:
         pos = match.end()  # the found tag's end: the pattern steps over its attributes too
@@ -186,20 +195,35 @@ def _scan_named(
         yield Tag(match.group("name").lower(), match.start("tag"), pos, tuple(attributes))
 
 
-def scan_link_tags(source: str, *, wanted: Callable[[str], bool] | None = None) -> Iterator[Tag]:
+def _scan_compiled(source: str, images: bool, wanted: Wanted) -> Iterator[Tag]:
+    assert next_tag is not None
+    pos = 0
+    while (found := next_tag(source, pos, images)) is not None:
+        start, name_end, pos = found
+        if wanted is not None and not wanted(source[start:pos]):
+            continue
+        attributes, pos = _parse_attributes(source, name_end)
+        yield Tag(source[start + 1 : name_end].lower(), start, pos, tuple(attributes))
+
+
+def scan_link_tags(source: str, *, wanted: Wanted = None) -> Iterator[Tag]:
     """The ``<a>``, ``<area>`` and VML (``<v:...>``) tags of :func:`scan_tags`, found without
     parsing the attributes of any other tag: the same tags, offsets and attributes.
 
     With ``wanted``, only the tags whose text (from ``<`` to ``>``) it accepts are parsed and
     given: a caller that cares only about some values steps over the rest cheaply.
     """
-    return _scan_named(source, _NEXT_LINK_TAG, wanted)
+    if next_tag is not None:
+        return _scan_compiled(source, False, wanted)
+    return _scan_by_pattern(source, _NEXT_LINK_TAG, wanted)
 
 
 def scan_image_tags(source: str) -> Iterator[Tag]:
     """The ``<img>`` and VML (``<v:...>``) tags of :func:`scan_tags`, found the same way as
     :func:`scan_link_tags`: the same tags, offsets and attributes."""
-    return _scan_named(source, _NEXT_IMAGE_TAG)
+    if next_tag is not None:
+        return _scan_compiled(source, True, None)
+    return _scan_by_pattern(source, _NEXT_IMAGE_TAG, None)
 
 
 def scan_tags(source: str) -> Iterator[Tag]:
