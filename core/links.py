@@ -79,16 +79,20 @@ def links(source: str) -> tuple[Link, ...]:
     Remembered for the last few sources, so the features of one message (and the sends of one
     newsletter) share a single scan; links are immutable, so sharing them is safe.
     """
-    found: list[Link] = []
-    for tag in scan_link_tags(source, wanted=_may_matter):
-        href = tag.get("href")
-        if href is not None and href.value is not None:
-            url = href.value.strip()
-            if "\t" in url or "\n" in url or "\r" in url:
-                # As browsers do (URL standard): tabs and newlines inside a URL are dropped.
-                url = _TAB_OR_NEWLINE.sub("", url)
-            found.append(Link(tag, href, url))
-    return tuple(found)
+    found = (link_of(tag) for tag in scan_link_tags(source, wanted=_may_matter))
+    return tuple(link for link in found if link is not None)
+
+
+def link_of(tag: Tag) -> Link | None:
+    """The link a tag's href makes, as a browser reads it; ``None`` without an href value."""
+    href = tag.get("href")
+    if href is None or href.value is None:
+        return None
+    url = href.value.strip()
+    if "\t" in url or "\n" in url or "\r" in url:
+        # As browsers do (URL standard): tabs and newlines inside a URL are dropped.
+        url = _TAB_OR_NEWLINE.sub("", url)
+    return Link(tag, href, url)
 
 
 def is_own(url: str, tracking_base_url: str) -> bool:
