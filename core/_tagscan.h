@@ -143,15 +143,16 @@ F(name_is)(const CHAR_T *name, Py_ssize_t length, const char *literal)
     return literal[i] == '\0';
 }
 
-static int
-F(raw_text_index)(const CHAR_T *name, Py_ssize_t length)
+/* The raw-text element (script, style...) the tag name is, or NULL. */
+static const char *
+F(raw_text_name)(const CHAR_T *name, Py_ssize_t length)
 {
     for (int i = 0; RAW_TEXT[i]; i++) {
         if (F(name_is)(name, length, RAW_TEXT[i])) {
-            return i;
+            return RAW_TEXT[i];
         }
     }
-    return -1;
+    return NULL;
 }
 
 /* The start of "</name" followed by a space, "/" or ">", searched from pos as scan_tags
@@ -235,9 +236,9 @@ F(next_tag)(const CHAR_T *s, Py_ssize_t n, Py_ssize_t pos, int images,
             return start;
         }
         pos = end;
-        int raw = F(raw_text_index)(name, length);
-        if (raw >= 0) {
-            pos = F(raw_text_end)(s, n, pos, RAW_TEXT[raw]);
+        const char *raw = F(raw_text_name)(name, length);
+        if (raw != NULL) {
+            pos = F(raw_text_end)(s, n, pos, raw);
         }
     }
 }
