@@ -557,6 +557,7 @@ def report(args, duration, repeats, wrk, route: Route, scaisend: Server, bare: S
     # One run's p99 is the 1% slowest of its requests: a single stall of the virtual machine
     # decides it for either server. Alternating runs, judged on the median, see such a stall
     # in one run of several (every run is shown).
+    #
     # A reference, not a goal: the bare app at half of its own maximum, a load as heavy for it
     # as ScaiSend's half is for ScaiSend (what the framework alone gives at that share).
     reference = f"{bare.name} at half its max"

@@ -54,34 +54,13 @@ def _b64decode(text: str) -> bytes:
     return raw
 
 
-class _HmacSha256:
-    """HMAC-SHA256 (RFC 2104) under one key, whose two padded-key blocks are hashed once.
-
-    A tag then costs two copies of a hash state. ``hmac.digest`` sets the key up again on
-    every call, and OpenSSL 3 also looks the MAC algorithm up each time: several times the
-    work, on the tracking routes' path.
-    """
-
-    __slots__ = ("_inner", "_outer")
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) > _SHA256_BLOCK:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(_SHA256_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
-
-    def digest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-
-_SHA256_BLOCK = 64
-_IPAD = bytes(byte ^ 0x36 for byte in range(256))
-_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+def _mac(keyed: hmac.HMAC, message: bytes) -> bytes:
+    """The truncated HMAC of ``message`` from a copy of ``keyed``, whose key is set up once
+    when the codec is made: ``hmac.digest`` sets it up again on every call (and OpenSSL 3
+    looks the algorithm up again), several times the work on the tracking routes' path."""
+    copy = keyed.copy()
+    copy.update(message)
+    return copy.digest()[:TAG_BYTES]
 
 
 def _field(raw: bytes, pos: int) -> tuple[bytes, int]:
@@ -98,19 +77,19 @@ class TokenCodec:
     def __init__(self, keys: Sequence[SigningKey]) -> None:
         if not keys:
             raise ValueError("at least one signing key is required")
-        self._token_keys: dict[bytes, _HmacSha256] = {}
-        self._binding_keys: dict[bytes, _HmacSha256] = {}
+        self._token_keys: dict[bytes, hmac.HMAC] = {}
+        self._binding_keys: dict[bytes, hmac.HMAC] = {}
         for key in keys:
             key_id = key.id.encode()
             if not 1 <= len(key_id) <= 16:
                 raise ValueError(f"key id {key.id!r} must be 1 to 16 bytes")
             if len(key.secret) < 32:
                 raise ValueError(f"signing key {key.id!r} is shorter than 32 bytes")
-            self._token_keys[key_id] = _HmacSha256(
-                hmac.digest(key.secret, _TOKEN_CONTEXT, "sha256")
+            self._token_keys[key_id] = hmac.new(
+                hmac.digest(key.secret, _TOKEN_CONTEXT, "sha256"), digestmod="sha256"
             )
-            self._binding_keys[key_id] = _HmacSha256(
-                hmac.digest(key.secret, _BINDING_CONTEXT, "sha256")
+            self._binding_keys[key_id] = hmac.new(
+                hmac.digest(key.secret, _BINDING_CONTEXT, "sha256"), digestmod="sha256"
             )
         self._current = keys[0].id.encode()
 
@@ -136,7 +115,7 @@ class TokenCodec:
                 struct.pack(">I", recipient),
             )
         )
-        tag = self._token_keys[self._current].digest(body)[:TAG_BYTES]
+        tag = _mac(self._token_keys[self._current], body)
         return _b64encode(body + tag)
 
     def verify(self, token: str) -> TokenClaims | None:
@@ -152,10 +131,10 @@ class TokenCodec:
         body, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
         try:
             key_id, pos = _field(body, 1)
-            mac = self._token_keys.get(key_id)
-            if mac is None:
+            keyed = self._token_keys.get(key_id)
+            if keyed is None:
                 return None
-            expected = mac.digest(body)[:TAG_BYTES]
+            expected = _mac(keyed, body)
             if not hmac.compare_digest(expected, tag):
                 return None
             tenant, pos = _field(body, pos)
@@ -187,5 +166,5 @@ class TokenCodec:
         message = b"\x00".join(
             hashlib.sha256(part.encode("utf-8", "surrogatepass")).digest() for part in parts
         )
-        tag = self._binding_keys[key_id].digest(message)[:TAG_BYTES]
+        tag = _mac(self._binding_keys[key_id], message)
         return f"{key_id.decode()}.{_b64encode(tag)}"

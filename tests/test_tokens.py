@@ -14,7 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from core.config import SigningKey
-from core.tokens import TAG_BYTES, VERSION, TokenCodec, _HmacSha256
+from core.tokens import TAG_BYTES, VERSION, TokenCodec
 
 
 def key(key_id: str) -> SigningKey:
@@ -223,14 +223,6 @@ def test_binding_tags_are_128_bits():
     key_id, _, tag = binding.partition(".")
     assert key_id == "k1"
     assert len(decode(tag)) == 16
-
-
-@given(st.binary(max_size=200), st.binary(max_size=300))
-@example(b"", b"")
-@example(b"k" * 64, b"exactly one block of key")
-@example(b"k" * 65, b"a key longer than a block is hashed first")
-def test_the_keyed_hash_is_hmac_sha256(key_bytes, message):
-    assert _HmacSha256(key_bytes).digest(message) == hmac.digest(key_bytes, message, "sha256")
 
 
 def test_tokens_and_bindings_made_before_keep_verifying():
